@@ -1,0 +1,192 @@
+"""The ``chatbatch`` command line: a thin shell over :mod:`pipeline.run`.
+
+Reads the environment (the only place that does), turns flags into job overrides, picks the
+progress display, prints the summary, and maps outcomes to the documented exit codes:
+
+====  =============================================================
+0     every row ok (skipped rows are fine)
+1     the run finished but some rows failed (see status/error_type)
+2     bad job, flag or input: nothing was sent
+3     run aborted (auth, quota): partial output written
+130   interrupted (Ctrl-C / SIGTERM): partial output written
+====  =============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .client import redact
+from .errors import ChatbatchError, JobError
+from .jobspec import build_job
+from .run import EXIT_ABORTED, EXIT_BAD_JOB, prepare, read_summary, run_job
+from .summary import format_summary
+
+EXIT_INTERNAL = 4
+ABORT_ADVICE = {
+    "auth_failed": "the endpoint refused the API key: check OPENAI_API_KEY (or the variable named by "
+                   "api_key_env) and, for Azure, the resource's key",
+    "insufficient_quota": "the account is out of credit or over its spending limit: add credit or raise "
+                          "the limit on the provider's billing page, then run the job again",
+}
+
+
+def _kv_pairs(ctx, param, values) -> dict[str, str] | None:
+    pairs = {}
+    for item in values or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", ctx=ctx, param=param)
+        pairs[key] = value
+    return pairs or None
+
+
+def _json_pairs(ctx, param, values) -> dict[str, Any] | None:
+    pairs = _kv_pairs(ctx, param, values) or {}
+    for key, value in pairs.items():
+        try:
+            pairs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            pass  # a plain string
+    return pairs or None
+
+
+def _json_object(ctx, param, value) -> dict | None:
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", ctx=ctx, param=param) from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object", ctx=ctx, param=param)
+    return parsed
+
+
+# (flag, click options) — each flag's key in the job file is its name with underscores
+RUN_OPTIONS: list[tuple[str, dict]] = [
+    ("--input", dict(type=click.Path(dir_okay=False), help="Input table: .csv, .parquet or .jsonl.")),
+    ("--output", dict(type=click.Path(dir_okay=False), help="Output Parquet file (default: <input>.out.parquet).")),
+    ("--template", dict(help="User prompt template; {column} inserts a column's value.")),
+    ("--system", dict(help="System prompt (may also use {column} placeholders).")),
+    ("--messages-column", dict(help="Column holding a whole messages list (JSON) instead of a template.")),
+    ("--model", dict(help="Model name, e.g. gpt-4o-mini.")),
+    ("--base-url", dict(help="API base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1).")),
+    ("--api-key", dict(help="API key (prefer $OPENAI_API_KEY: flags show in process lists).")),
+    ("--api-key-env", dict(help="Name of the environment variable holding the API key.")),
+    ("--organization", dict(help="OpenAI-Organization header (default $OPENAI_ORG_ID).")),
+    ("--project", dict(help="OpenAI-Project header (default $OPENAI_PROJECT_ID).")),
+    ("--api-version", dict(help="Azure OpenAI api-version; turns on Azure deployment URLs and api-key auth.")),
+    ("--deployment", dict(help="Azure OpenAI deployment name (default: the model).")),
+    ("--concurrency", dict(type=click.IntRange(1), help="Most requests in flight at once [32].")),
+    ("--rpm", dict(type=click.FloatRange(0, min_open=True), help="Requests-per-minute budget.")),
+    ("--tpm", dict(type=click.FloatRange(0, min_open=True), help="Tokens-per-minute budget.")),
+    ("--max-attempts", dict(type=click.IntRange(1), help="Attempts per row, the first included [6].")),
+    ("--timeout", dict(type=click.FloatRange(0, min_open=True), help="Seconds to wait for one reply [120].")),
+    ("--backoff-base", dict(type=click.FloatRange(0), help="First retry's backoff ceiling in seconds [1].")),
+    ("--backoff-max", dict(type=click.FloatRange(0), help="Largest backoff in seconds [60].")),
+    ("--temperature", dict(type=float, help="Sampling temperature, 0 to 2.")),
+    ("--top-p", dict(type=float, help="Nucleus sampling, 0 to 1.")),
+    ("--max-completion-tokens", dict(type=int, help="Most tokens a reply may use (reasoning included).")),
+    ("--max-tokens", dict(type=int, help="Legacy max_tokens, for endpoints that still need it.")),
+    ("--stop", dict(multiple=True, help="Stop sequence (repeatable, up to 4).")),
+    ("--seed", dict(type=int, help="Seed for best-effort deterministic sampling.")),
+    ("--n", dict(type=int, help="Choices per row; n > 1 adds replies/finish_reasons list columns.")),
+    ("--response-format", dict(callback=_json_object, help="response_format as JSON, e.g. '{\"type\": \"json_object\"}'.")),
+    ("--logprobs/--no-logprobs", dict(default=None, help="Ask for token log probabilities.")),
+    ("--top-logprobs", dict(type=int, help="Top alternatives per token (needs --logprobs).")),
+    ("--service-tier", dict(help="service_tier: auto, default, flex, priority.")),
+    ("--reasoning-effort", dict(help="reasoning_effort for reasoning models: minimal, low, medium, high.")),
+    ("--metadata", dict(multiple=True, callback=_kv_pairs, help="Request metadata KEY=VALUE (repeatable).")),
+    ("--param", dict(multiple=True, callback=_json_pairs,
+                     help="Any other body key, KEY=VALUE with VALUE parsed as JSON when it can be (repeatable).")),
+    ("--column-prefix", dict(help="Prefix for chatbatch's output columns, e.g. llm_.")),
+    ("--prices-file", dict(type=click.Path(dir_okay=False), help="JSON/TOML price table adding to the shipped one.")),
+    ("--progress-interval", dict(type=click.FloatRange(0, min_open=True),
+                                 help="Seconds between progress lines when stderr is not a terminal [30].")),
+    ("--overwrite", dict(is_flag=True, default=None, help="Replace an existing output file.")),
+    ("--quiet", dict(is_flag=True, default=None, help="No progress and no summary table; errors only.")),
+]
+
+
+def _with_run_options(func):
+    for flag, kwargs in reversed(RUN_OPTIONS):
+        func = click.option(flag, **kwargs)(func)
+    return func
+
+
+def _overrides(options: dict[str, Any]) -> dict[str, Any]:
+    overrides = {k: v for k, v in options.items() if v not in (None, ())}
+    if "stop" in overrides:
+        stops = list(overrides["stop"])
+        overrides["stop"] = stops[0] if len(stops) == 1 else stops
+    if "param" in overrides:
+        overrides["extra_body"] = overrides.pop("param")
+    overrides.pop("api_key", None)
+    return overrides
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="chatbatch", prog_name="chatbatch")
+def main() -> None:
+    """Send every row of a table to a Chat Completions endpoint and write the replies to Parquet."""
+
+
+@main.command()
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_with_run_options
+def run(job_file: Path | None, **options: Any) -> None:
+    """Run a job: JOB_FILE (TOML) and/or flags; flags win over the file's keys."""
+    api_key = options.get("api_key")
+    try:
+        job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
+        secret = job.endpoint.api_key
+        prepared = prepare(job)
+        for warning in prepared.warnings:
+            click.echo(f"chatbatch: warning: {warning}", err=True)
+        mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
+        report = asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True))
+    except JobError as exc:
+        _fail(str(exc), EXIT_BAD_JOB, api_key)
+    except ChatbatchError as exc:
+        _fail(str(exc), EXIT_ABORTED, api_key)
+    except Exception as exc:  # the CLI boundary: never show a traceback that could hold secrets
+        _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, api_key)
+    summary = report.summary
+    if not job.quiet:
+        click.echo(format_summary(summary))
+        click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
+    if report.exit_code == EXIT_ABORTED:
+        error_type = next(iter(summary["error_types"]), "")
+        advice = ABORT_ADVICE.get(error_type, "no retry can fix this; see the message above")
+        click.echo(redact(f"chatbatch: run aborted: {summary['stopped']}\n  what to do: {advice}.\n"
+                          f"  Rows finished before the stop were written to {report.output_path}; rows "
+                          "not sent have error_type 'not_sent'.", secret), err=True)
+    elif summary.get("stopped"):
+        click.echo(f"chatbatch: stopped: {summary['stopped']}; rows finished were written to "
+                   f"{report.output_path}; rows not sent have error_type 'not_sent'.", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def summary(output: Path, as_json: bool) -> None:
+    """Print the summary stored in an OUTPUT Parquet file written by chatbatch run."""
+    try:
+        data = read_summary(output)
+    except JobError as exc:
+        _fail(str(exc), EXIT_BAD_JOB, None)
+    click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
+
+
+def _fail(message: str, code: int, secret: str | None) -> None:
+    click.echo(f"chatbatch: error: {redact(message, secret)}", err=True)
+    sys.exit(code)

@@ -1,0 +1,148 @@
+"""One HTTP exchange with an OpenAI-compatible Chat Completions endpoint.
+
+:class:`ChatClient` posts a ready-made JSON body and returns a :class:`~pipeline.records.Completion`,
+or raises one of the :mod:`pipeline.errors` classes — this is the one place where HTTP statuses and
+httpx's exceptions are translated. It never retries or sleeps; :mod:`pipeline.retry` does that.
+
+The ``httpx.AsyncClient`` is injected: :func:`make_http_client` builds the production one on the
+aiohttp transport (httpx's own pool collapses at high concurrency; see bench/transport.py), and unit
+tests pass one built on ``httpx.MockTransport``.
+
+Every message that reaches an error has the API key removed, whatever the server echoed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from .errors import (AuthFailed, BadResponse, QuotaExhausted, RateLimited, RequestFailed,
+                     RowRejected, ServerError, TransportFailure)
+from .headers import retry_after_s
+from .jobspec import Endpoint
+from .records import Completion, Usage
+
+MAX_ERROR_CHARS = 500
+
+
+def make_http_client(concurrency: int, timeout_s: float) -> httpx.AsyncClient:
+    """The production client: httpx API over aiohttp's connection pool, sized for ``concurrency``."""
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout_s)
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` with every occurrence of ``secret`` replaced."""
+    if secret and len(secret) >= 4 and secret in text:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
+class ChatClient:
+    """Sends chat-completion bodies to one endpoint."""
+
+    def __init__(self, http: httpx.AsyncClient, endpoint: Endpoint, timeout_s: float) -> None:
+        self._http = http
+        self._url = endpoint.url
+        self._headers = httpx.Headers(endpoint.headers())
+        self._secret = endpoint.api_key
+        self._timeout_s = timeout_s
+
+    async def complete(self, body: bytes) -> Completion:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._http.post(self._url, content=body, headers=self._headers)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise TransportFailure(f"no reply within {self._timeout_s:g}s", error_type="timeout") from exc
+        except httpx.TransportError as exc:
+            detail = redact(str(exc) or type(exc).__name__, self._secret)
+            raise TransportFailure(f"connection failed: {detail}", error_type="connection_error") from exc
+        if response.status_code == 200:
+            return parse_completion(response.content)
+        raise self._failure(response)
+
+    def _failure(self, response: httpx.Response) -> RequestFailed:
+        status = response.status_code
+        kind, code, message = _error_fields(response.content)
+        message = redact(f"HTTP {status}: {message}", self._secret)
+        wait_s = retry_after_s(response.headers)
+        if status == 429:
+            if "insufficient_quota" in (kind, code):
+                return QuotaExhausted(message, http_status=status)
+            return RateLimited(message, http_status=status, retry_after_s=wait_s)
+        if status in (401, 403):
+            return AuthFailed(message, http_status=status, error_type=code if status == 403 and code else None)
+        if status in (408, 409) or status >= 500:
+            return ServerError(message, http_status=status, retry_after_s=wait_s)
+        return RowRejected(message, http_status=status, error_type=code or kind or None)
+
+
+def _error_fields(content: bytes) -> tuple[str | None, str | None, str]:
+    """(type, code, message) from an OpenAI error body, tolerating other shapes."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        kind, code = error.get("type"), error.get("code")
+        message = str(error.get("message") or kind or code or "no message")
+        return (str(kind) if kind else None, str(code) if code else None, message[:MAX_ERROR_CHARS])
+    if isinstance(error, str):
+        return None, None, error[:MAX_ERROR_CHARS]
+    text = content.decode("utf-8", "replace").strip()
+    return None, None, (text[:MAX_ERROR_CHARS] or "empty body")
+
+
+def parse_completion(content: bytes) -> Completion:
+    """A 200 body as a Completion; BadResponse (retried) when it is not a usable completion."""
+    try:
+        data = json.loads(content)
+    except ValueError as exc:
+        raise BadResponse("reply is not valid JSON (truncated?)", http_status=200) from exc
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
+        detail = _error_fields(content)[2] if isinstance(data, dict) and "error" in data else "no choices"
+        raise BadResponse(f"reply has {detail}", http_status=200)
+    choices = sorted(choices, key=lambda c: c.get("index") or 0)
+    messages = [c.get("message") or {} for c in choices]
+    return Completion(
+        replies=tuple(_text(m.get("content")) for m in messages),
+        finish_reasons=tuple(c.get("finish_reason") for c in choices),
+        refusal=next((m["refusal"] for m in messages if m.get("refusal")), None),
+        model=data.get("model"),
+        response_id=data.get("id"),
+        system_fingerprint=data.get("system_fingerprint"),
+        usage=_usage(data.get("usage")),
+    )
+
+
+def _text(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def _usage(usage: Any) -> Usage:
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        total_tokens=_int(usage.get("total_tokens")),
+        cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else None,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else None,
+    )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

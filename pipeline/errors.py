@@ -1,0 +1,116 @@
+"""The one exception tree of chatbatch.
+
+Foreign exceptions (httpx, pyarrow, tomllib) are translated into these at one boundary each
+(``client.py`` for HTTP, ``sources.py``/``sinks.py`` for files, ``jobspec.py`` for job files) and
+chained with ``raise ... from exc``. Whether a failure is retried, or stops the whole run, is a
+property of its class — never a string match on a message::
+
+    ChatbatchError
+    ├── JobError                 bad job file, flag or input: nothing was sent (exit 2)
+    │   ├── InputError           unreadable input, missing column, ...
+    │   └── OutputExistsError    output exists and --overwrite was not given
+    ├── RunAborted               the run stopped early; partial output was written (exit 3)
+    └── RequestFailed            one HTTP exchange failed (carries http_status, error_type)
+        ├── retryable = True
+        │   ├── RateLimited        429 rate_limit_exceeded (slows the whole run)
+        │   ├── ServerError        5xx, 408, 409
+        │   ├── TransportFailure   timeout, connection refused/reset
+        │   └── BadResponse        200 whose body is not JSON or has no choices
+        ├── RowRejected            400, 404, 422, ...: recorded on the row, not retried
+        ├── NotSent                the run stopped before this request went out
+        └── fatal = True (stop the run: no retry can fix it)
+            ├── AuthFailed         401, 403
+            └── QuotaExhausted     429 insufficient_quota
+"""
+
+from __future__ import annotations
+
+
+class ChatbatchError(Exception):
+    """Base of every error chatbatch raises on purpose."""
+
+
+class JobError(ChatbatchError):
+    """The job file, a flag or the input is wrong; nothing has been sent."""
+
+
+class InputError(JobError):
+    """The input table cannot be read or does not fit the job."""
+
+
+class OutputExistsError(JobError):
+    """The output file exists and overwriting was not asked for."""
+
+
+class RunAborted(ChatbatchError):
+    """The run stopped before every row was sent (auth, quota, interrupt)."""
+
+    def __init__(self, message: str, *, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RequestFailed(ChatbatchError):
+    """One exchange with the endpoint failed.
+
+    ``error_type`` is a short stable name for the output's ``error_type`` column; ``http_status``
+    is None when no HTTP response arrived. ``retry_after_s`` is what the server asked us to wait.
+    """
+
+    retryable = False
+    fatal = False
+    error_type = "request_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        error_type: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        if error_type:
+            self.error_type = error_type
+        self.retry_after_s = retry_after_s
+        self.attempts: int | None = None  # set by the retry loop when it gives up
+
+
+class RateLimited(RequestFailed):
+    retryable = True
+    error_type = "rate_limited"
+
+
+class ServerError(RequestFailed):
+    retryable = True
+    error_type = "server_error"
+
+
+class TransportFailure(RequestFailed):
+    retryable = True
+    error_type = "transport_error"
+
+
+class BadResponse(RequestFailed):
+    retryable = True
+    error_type = "bad_response"
+
+
+class RowRejected(RequestFailed):
+    error_type = "invalid_request"
+
+
+class NotSent(RequestFailed):
+    error_type = "not_sent"
+
+
+class AuthFailed(RequestFailed):
+    fatal = True
+    error_type = "auth_failed"
+
+
+class QuotaExhausted(RequestFailed):
+    fatal = True
+    error_type = "insufficient_quota"

@@ -1,0 +1,314 @@
+"""The job: a TOML job file plus CLI overrides, validated into frozen dataclasses.
+
+A job file is flat: every scalar key has the same name as its ``chatbatch run`` flag (``--max-attempts``
+is ``max_attempts``), and a flag given on the command line wins over the file. Tables hold what has
+structure: ``response_format``, ``metadata``, ``extra_body`` (any other request-body key, passed
+through), ``prices`` (per-model price overrides). Example::
+
+    input = "../data/sample/reviews.csv"      # relative paths are relative to the job file
+    output = "../out/reviews-sentiment.parquet"
+    model = "gpt-4o-mini"
+    system = "You label the sentiment of product reviews."
+    template = "Review of {product}: {review}\\nAnswer positive, negative or neutral."
+    temperature = 0
+    max_completion_tokens = 3
+    rpm = 500
+    tpm = 200000
+
+    [extra_body]
+    store = false
+
+Unknown keys and wrong types are :class:`JobError` naming the file (or flag) and the key. Nothing here
+reads the environment: the CLI passes the variables it read in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from .errors import JobError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+NUMBER = (int, float)
+
+# key -> (accepted python types, description for errors)
+_STR = ((str,), "a string")
+_INT = ((int,), "an integer")
+_NUM = (NUMBER, "a number")
+_BOOL = ((bool,), "true or false")
+_TABLE = ((dict,), "a table")
+_STR_OR_LIST = ((str, list), "a string or a list of strings")
+
+SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
+    # what to read, render and write
+    "input": _STR, "output": _STR, "template": _STR, "system": _STR, "messages_column": _STR,
+    "column_prefix": _STR, "overwrite": _BOOL, "quiet": _BOOL, "progress_interval": _NUM,
+    # where to send it
+    "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
+    "api_version": _STR, "deployment": _STR,
+    # limits and retries
+    "concurrency": _INT, "rpm": _NUM, "tpm": _NUM, "timeout": _NUM,
+    "max_attempts": _INT, "backoff_base": _NUM, "backoff_max": _NUM,
+    # prices
+    "prices_file": _STR, "prices": _TABLE,
+}
+# request-body parameters sent as they are (CreateChatCompletionRequest names)
+REQUEST_PARAMS: dict[str, tuple[tuple[type, ...], str]] = {
+    "temperature": _NUM, "top_p": _NUM, "max_completion_tokens": _INT, "max_tokens": _INT,
+    "stop": _STR_OR_LIST, "seed": _INT, "n": _INT, "response_format": _TABLE, "logprobs": _BOOL,
+    "top_logprobs": _INT, "service_tier": _STR, "metadata": _TABLE, "frequency_penalty": _NUM,
+    "presence_penalty": _NUM, "reasoning_effort": _STR, "verbosity": _STR, "user": _STR,
+    "safety_identifier": _STR, "prompt_cache_key": _STR, "store": _BOOL,
+}
+ALL_KEYS = {**SETTINGS, **REQUEST_PARAMS, "extra_body": _TABLE}
+# (low, high) inclusive bounds, checked after types
+RANGES = {
+    "temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2),
+    "n": (1, 128), "top_logprobs": (0, 20), "max_completion_tokens": (1, None), "max_tokens": (1, None),
+    "concurrency": (1, 100_000), "rpm": (0, None), "tpm": (0, None), "timeout": (0, None),
+    "max_attempts": (1, 1000), "backoff_base": (0, None), "backoff_max": (0, None),
+    "progress_interval": (0, None),
+}
+_POSITIVE = {"rpm", "tpm", "timeout", "progress_interval"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where requests go and how they authenticate. The key is never shown by repr()."""
+
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+    azure: bool = False
+    organization: str | None = None
+    project: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            if self.azure:
+                headers["api-key"] = self.api_key
+            else:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+        if self.organization:
+            headers["OpenAI-Organization"] = self.organization
+        if self.project:
+            headers["OpenAI-Project"] = self.project
+        return headers
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 32
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    timeout_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Job:
+    input_path: Path
+    output_path: Path
+    model: str
+    template: str | None
+    system: str | None
+    messages_column: str | None
+    params: Mapping[str, Any]
+    endpoint: Endpoint
+    limits: Limits = Limits()
+    retry: RetrySettings = RetrySettings()
+    overwrite: bool = False
+    quiet: bool = False
+    column_prefix: str = ""
+    progress_interval_s: float = 30.0
+    prices_file: Path | None = None
+    price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    source: str = "command line"
+
+    @property
+    def choices_per_request(self) -> int:
+        return int(self.params.get("n", 1))
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        value = self.params.get("max_completion_tokens", self.params.get("max_tokens"))
+        return int(value) if value is not None else None
+
+
+def read_job_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML job file into a dict; errors name the file."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise JobError(f"job file not found: {path}") from exc
+    except OSError as exc:
+        raise JobError(f"cannot read job file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise JobError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def build_job(
+    job_file: Path | None,
+    overrides: Mapping[str, Any],
+    env: Mapping[str, str],
+    api_key: str | None = None,
+) -> Job:
+    """Merge the job file (if any) with flag overrides and the environment into a :class:`Job`.
+
+    ``overrides`` holds only flags the user gave (None values are ignored); ``api_key`` is the
+    ``--api-key`` flag, which wins over the environment.
+    """
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    base_dir = Path.cwd()
+    if job_file is not None:
+        for key, value in read_job_file(job_file).items():
+            values[key], origin[key] = value, str(job_file)
+        base_dir = job_file.parent
+    for key, value in overrides.items():
+        if value is not None:
+            values[key], origin[key] = value, "--" + key.replace("_", "-")
+    _check_keys(values, origin)
+    paths_from_file = {k for k in ("input", "output", "prices_file") if origin.get(k) == str(job_file)}
+    job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"), bool(api_key))
+    if api_key:
+        job = replace(job, endpoint=replace(job.endpoint, api_key=api_key))
+    return job
+
+
+def _check_keys(values: Mapping[str, Any], origin: Mapping[str, str]) -> None:
+    for key, value in values.items():
+        where = origin[key]
+        if key in ("api_key", "key", "openai_api_key"):
+            raise JobError(f"{where}: do not put the API key in a job file; name its variable with api_key_env")
+        if key not in ALL_KEYS:
+            close = difflib.get_close_matches(key, ALL_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise JobError(f"{where}: unknown key '{key}'{hint}")
+        types, wanted = ALL_KEYS[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise JobError(f"{where}: key '{key}' must be {wanted}, got {value!r}")
+        _check_range(key, value, where)
+    if "stop" in values:
+        stop = values["stop"]
+        if isinstance(stop, list) and not (1 <= len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
+            raise JobError(f"{origin['stop']}: key 'stop' must be a string or 1 to 4 strings")
+    if "top_logprobs" in values and not values.get("logprobs"):
+        raise JobError(f"{origin['top_logprobs']}: 'top_logprobs' needs 'logprobs = true'")
+    extra = values.get("extra_body", {})
+    for key in extra:
+        if key in ALL_KEYS or key in ("model", "messages"):
+            raise JobError(f"{origin['extra_body']}: extra_body.{key} — set '{key}' as its own key instead")
+
+
+def _check_range(key: str, value: Any, where: str) -> None:
+    if key not in RANGES:
+        return
+    low, high = RANGES[key]
+    too_low = value < low or (key in _POSITIVE and value == 0)
+    if too_low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"above {low}" if key in _POSITIVE else f"at least {low}"
+        raise JobError(f"{where}: key '{key}' must be {bound}, got {value!r}")
+
+
+def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_flag) -> Job:
+    def path(key: str) -> Path | None:
+        if key not in values:
+            return None
+        raw = Path(values[key]).expanduser()
+        return (base_dir / raw) if key in paths_from_file and not raw.is_absolute() else raw
+
+    input_path = path("input")
+    if input_path is None:
+        raise JobError(f"{source}: no input: give --input or set 'input' in the job file")
+    if "model" not in values:
+        raise JobError(f"{source}: no model: give --model or set 'model' in the job file")
+    if ("template" in values) == ("messages_column" in values):
+        raise JobError(f"{source}: give exactly one of 'template' (--template) or 'messages_column' (--messages-column)")
+    output_path = path("output") or input_path.with_name(input_path.stem + ".out.parquet")
+    params = {k: values[k] for k in REQUEST_PARAMS if k in values}
+    params.update(values.get("extra_body", {}))
+    return Job(
+        input_path=input_path,
+        output_path=output_path,
+        model=values["model"],
+        template=values.get("template"),
+        system=values.get("system"),
+        messages_column=values.get("messages_column"),
+        params=params,
+        endpoint=_endpoint(values, env, source, has_key_flag),
+        limits=Limits(
+            concurrency=values.get("concurrency", Limits.concurrency),
+            requests_per_minute=values.get("rpm"),
+            tokens_per_minute=values.get("tpm"),
+            timeout_s=float(values.get("timeout", Limits.timeout_s)),
+        ),
+        retry=RetrySettings(
+            max_attempts=values.get("max_attempts", RetrySettings.max_attempts),
+            backoff_base_s=float(values.get("backoff_base", RetrySettings.backoff_base_s)),
+            backoff_max_s=float(values.get("backoff_max", RetrySettings.backoff_max_s)),
+        ),
+        overwrite=values.get("overwrite", False),
+        quiet=values.get("quiet", False),
+        column_prefix=values.get("column_prefix", ""),
+        progress_interval_s=float(values.get("progress_interval", 30.0)),
+        prices_file=path("prices_file"),
+        price_overrides=values.get("prices", {}),
+        source=source,
+    )
+
+
+def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, has_key_flag: bool) -> Endpoint:
+    api_version = values.get("api_version") or None
+    base_url = values.get("base_url") or env.get("OPENAI_BASE_URL")
+    if api_version and not base_url:
+        base_url = env.get("AZURE_OPENAI_ENDPOINT")
+    base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+    host = urlsplit(base_url).hostname or ""
+    if urlsplit(base_url).scheme not in ("http", "https") or not host:
+        raise JobError(f"{source}: base_url must be an http(s) URL, got {base_url!r}")
+    azure = bool(api_version) or host.endswith((".openai.azure.com", ".cognitiveservices.azure.com"))
+    if azure and not api_version and "/openai/v1" not in base_url:
+        raise JobError(f"{source}: an Azure OpenAI endpoint needs 'api_version' (e.g. 2024-10-21)")
+    key_names = [values["api_key_env"]] if "api_key_env" in values else (
+        ["AZURE_OPENAI_API_KEY", "OPENAI_API_KEY"] if azure else ["OPENAI_API_KEY"])
+    api_key = next((env[n] for n in key_names if env.get(n)), None)
+    if not api_key and not has_key_flag and not _is_loopback(host):
+        raise JobError(f"no API key: set {key_names[0]} in the environment (or pass --api-key)")
+    return Endpoint(
+        url=_chat_url(base_url, azure, api_version, values.get("deployment") or values["model"]),
+        api_key=api_key,
+        azure=azure,
+        organization=values.get("organization") or env.get("OPENAI_ORG_ID") or None,
+        project=values.get("project") or env.get("OPENAI_PROJECT_ID") or None,
+    )
+
+
+def _chat_url(base_url: str, azure: bool, api_version: str | None, deployment: str) -> str:
+    if not azure or "/openai/v1" in base_url:
+        return base_url + "/chat/completions"
+    if "/openai/deployments/" not in base_url:
+        base_url = f"{base_url}/openai/deployments/{deployment}"
+    return f"{base_url}/chat/completions?api-version={api_version}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,119 @@
+"""Rendering input rows into chat messages and request bodies.
+
+A template names columns in braces: ``"Sentiment of: {review}"``. A placeholder is ``{name}`` where
+``name`` holds no braces, quotes, colon or newline and does not start or end with a space; any other
+brace is literal, so a JSON example in a prompt needs no escaping::
+
+    >>> t = Template('Answer as {"label": "positive"} for: {review}')
+    >>> t.columns
+    ('review',)
+    >>> t.render({"review": "Great mug"})
+    'Answer as {"label": "positive"} for: Great mug'
+
+``{{`` and ``}}`` also give literal braces. Null values render as an empty string. A row whose
+prompt is blank, or whose referenced values are all null or blank, is not sent (status ``skipped``).
+
+Instead of a template, a job may name a column holding a whole messages list (a JSON string, or a
+list of ``{role, content}`` structs in Parquet/JSONL).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable, Sequence
+
+from .errors import InputError
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^{}\"'\n:\s](?:[^{}\"'\n:]*[^{}\"'\n:\s])?)\}")
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+class Template:
+    """A prompt template compiled to a positional ``str.format`` string (fast C rendering)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        names: list[str] = []
+        parts: list[str] = []
+        position = 0
+        for match in _TOKEN.finditer(text):
+            parts.append(_escape(text[position:match.start()]))
+            token = match.group(0)
+            if token in ("{{", "}}"):
+                parts.append(token)
+            else:
+                name = match.group(1)
+                if name not in names:
+                    names.append(name)
+                parts.append("{%d}" % names.index(name))
+            position = match.end()
+        parts.append(_escape(text[position:]))
+        self.columns: tuple[str, ...] = tuple(names)
+        self._format = "".join(parts).format
+
+    def check_columns(self, available: Sequence[str], what: str = "template") -> None:
+        missing = [name for name in self.columns if name not in available]
+        if missing:
+            raise InputError(
+                f"the {what} names column {missing[0]!r}, which the input lacks; "
+                f"the input's columns are: {', '.join(available)}"
+            )
+
+    def render(self, row: dict[str, Any]) -> str:
+        return self.render_values([row.get(name) for name in self.columns])
+
+    def render_values(self, values: Sequence[Any]) -> str:
+        return self._format(*("" if v is None else v for v in values))
+
+
+def _escape(literal: str) -> str:
+    return literal.replace("{", "{{").replace("}", "}}")
+
+
+def is_blank(values: Iterable[Any]) -> bool:
+    """True when every value is null or whitespace-only text."""
+    return all(v is None or (isinstance(v, str) and not v.strip()) for v in values)
+
+
+def parse_messages(value: Any) -> list[dict[str, Any]] | None:
+    """A messages cell as a list of message dicts; None when null or empty.
+
+    Raises ValueError with a readable reason when the cell is not a messages list.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"messages cell is not valid JSON: {exc}") from exc
+    if not isinstance(value, list):
+        raise ValueError(f"messages cell must be a list of messages, got {type(value).__name__}")
+    if not value:
+        return None
+    messages = []
+    for position, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise ValueError(f"message {position} is not an object")
+        message = {k: v for k, v in message.items() if v is not None}
+        if message.get("role") not in ROLES:
+            raise ValueError(f"message {position} has role {message.get('role')!r}; expected one of {sorted(ROLES)}")
+        if "content" not in message and message["role"] != "assistant":
+            raise ValueError(f"message {position} has no content")
+        messages.append(message)
+    return messages
+
+
+class BodyEncoder:
+    """Encodes messages into a request body, serialising the job's fixed part only once."""
+
+    def __init__(self, model: str, params: dict[str, Any]) -> None:
+        fixed = json.dumps({"model": model, **params}, ensure_ascii=False, separators=(",", ":"))
+        self._tail = "," + fixed[1:]
+
+    def encode(self, messages: list[dict[str, Any]]) -> bytes:
+        head = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+        return ('{"messages":' + head + self._tail).encode()

@@ -1,0 +1,191 @@
+"""The Python API behind ``chatbatch run``: check everything, run the job, commit the output.
+
+::
+
+    from pipeline.jobspec import build_job
+    from pipeline.run import run_job
+    job = build_job(Path("jobs/reviews-sentiment.toml"), {}, os.environ)
+    report = asyncio.run(run_job(job))
+    print(report.summary["cost_usd"], report.exit_code)
+
+Order of work: open the input (a streaming pass for CSV/JSONL), check that every column the job
+names exists, that the output can be written and its columns do not clash — all before the first
+request, so a bad job costs nothing. Then run, write ``<output>`` and ``<output>.summary.json``
+atomically, and report. An unexpected error removes the temporary file and leaves any previous
+output untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from . import __version__
+from .client import ChatClient, make_http_client
+from .errors import InputError
+from .jobspec import Job
+from .pricing import PriceTable, load_prices
+from .progress import Progress
+from .prompts import Template
+from .runner import Runner, Seams
+from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema
+from .sources import Source, open_source
+from .summary import Tally, to_json
+
+EXIT_OK, EXIT_ROW_ERRORS, EXIT_BAD_JOB, EXIT_ABORTED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+REAL_SEAMS = Seams(clock=time.monotonic, sleep=asyncio.sleep, random=random.random)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    summary: dict[str, Any]
+    exit_code: int
+    output_path: Path
+    summary_path: Path
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A job checked against its input, ready to run."""
+
+    job: Job
+    source: Source
+    prices: PriceTable
+    warnings: tuple[str, ...]
+
+
+def prepare(job: Job) -> Prepared:
+    """Every check that needs no request; raises JobError (exit 2) on the first problem."""
+    source = open_source(job.input_path)
+    if job.template is not None:
+        Template(job.template).check_columns(source.columns)
+    if job.system is not None:
+        Template(job.system).check_columns(source.columns, what="system prompt")
+    if job.messages_column is not None and job.messages_column not in source.columns:
+        raise InputError(f"messages_column {job.messages_column!r} is not in the input; "
+                         f"the input's columns are: {', '.join(source.columns)}")
+    output_schema(source.schema, job.column_prefix, job.choices_per_request)
+    check_output(job.output_path, job.overwrite)
+    prices = load_prices(job.prices_file, job.price_overrides)
+    warnings = []
+    if prices.resolve(job.model) is None:
+        warnings.append(f"no price known for model {job.model!r}: cost_usd will be null (unknown); "
+                        "add it with a [prices] table or prices_file")
+    return Prepared(job, source, prices, tuple(warnings))
+
+
+async def run_job(
+    job: Job,
+    *,
+    prepared: Prepared | None = None,
+    http: httpx.AsyncClient | None = None,
+    seams: Seams = REAL_SEAMS,
+    progress_mode: str = "quiet",
+    handle_signals: bool = False,
+) -> RunReport:
+    """Run ``job`` end to end and return its report (the summary and the exit code)."""
+    prepared = prepared or prepare(job)
+    source = prepared.source
+    tally = Tally(rows_total=source.num_rows)
+    schema = output_schema(source.schema, job.column_prefix, job.choices_per_request)
+    own_http = http is None
+    http = http or make_http_client(job.limits.concurrency, job.limits.timeout_s)
+    sink = ParquetSink(job.output_path, schema, job.choices_per_request)
+    runner = Runner(job, source, sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
+                    prepared.prices, tally, seams)
+    progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s)
+    started_at, started = _now(), seams.clock()
+    ticker = asyncio.create_task(progress.run())
+    undo_signals = _install_signals(runner) if handle_signals else (lambda: None)
+    try:
+        await runner.run()
+    except BaseException:
+        sink.discard()
+        raise
+    finally:
+        undo_signals()
+        ticker.cancel()
+        progress.close()
+        if own_http:
+            await http.aclose()
+    exit_code = _exit_code(runner, tally)
+    summary = tally.summary(elapsed_s=seams.clock() - started, extra=_run_facts(
+        job, prepared, runner, started_at, exit_code))
+    text = to_json(summary)
+    sink.commit({SUMMARY_KEY: text.encode()})
+    summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
+    _write_atomically(summary_path, text)
+    return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
+
+
+def _exit_code(runner: Runner, tally: Tally) -> int:
+    if runner.fatal is not None:
+        return EXIT_ABORTED
+    if runner.stopping:
+        return EXIT_INTERRUPTED
+    return EXIT_ROW_ERRORS if tally.errors else EXIT_OK
+
+
+def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, exit_code: int) -> dict:
+    return {
+        "model": job.model,
+        "input": str(job.input_path),
+        "output": str(job.output_path),
+        "started_at": started_at,
+        "finished_at": _now(),
+        "requests_sent": runner.requests_sent,
+        "exit_code": exit_code,
+        "stopped": runner.stop_reason,
+        "prices_as_of": prepared.prices.as_of,
+        "chatbatch_version": __version__,
+    }
+
+
+def _install_signals(runner: Runner) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
+    for signum, reason in names.items():
+        loop.add_signal_handler(signum, runner.request_stop, reason)
+
+    def undo() -> None:
+        for signum in names:
+            loop.remove_signal_handler(signum)
+    return undo
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """The summary of a finished run, from the output's metadata (or the JSON beside it)."""
+    from .sinks import read_summary_metadata
+
+    try:
+        raw = read_summary_metadata(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    if raw is None:
+        beside = path.with_name(path.name + ".summary.json")
+        if not beside.is_file():
+            raise InputError(f"{path} holds no chatbatch summary (was it written by chatbatch run?)")
+        raw = beside.read_bytes()
+    return json.loads(raw)

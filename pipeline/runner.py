@@ -1,0 +1,280 @@
+"""Async orchestration: one reader, ``concurrency`` workers, one writer, bounded queues.
+
+::
+
+    source ──batches──▶ producer ──(bounded work queue)──▶ N workers ──▶ slots of PendingBatch
+                            │                                               │
+                            └──(bounded window of PendingBatch, in order)──▶ writer ──▶ ParquetSink
+
+* The producer reads the input in record batches, renders each row into a request body (or an
+  immediate ``skipped``/``error`` result), registers the batch with the writer, then feeds the work
+  queue. There is no task per row: the queue holds at most ``2 × concurrency`` requests and the
+  writer's window a bounded number of rows, so memory stays flat however long the input.
+* Each worker takes a request and runs it through :func:`pipeline.retry.call_with_retries`; every
+  attempt first passes the :class:`~pipeline.ratelimit.RateBudget`. A 429 pauses the budget for the
+  whole run.
+* The writer waits for batches to complete in input order and appends them to the sink.
+
+Stopping: a fatal error (401/403, insufficient quota) or :meth:`Runner.request_stop` (a signal) stops
+dispatching at once. Requests in flight finish (a second stop request cancels them); every row not
+sent is written with status ``error`` and error_type ``not_sent``, so the output still has one row
+per input row. The caller decides whether to commit the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Awaitable
+
+import pyarrow as pa
+
+from . import prompts, tokens
+from .client import ChatClient
+from .errors import NotSent, RateLimited, RequestFailed
+from .jobspec import Job
+from .pricing import PriceTable
+from .ratelimit import RateBudget
+from .records import STATUS_ERROR, STATUS_OK, Completion, RowResult, not_sent_result, skipped_result
+from .retry import call_with_retries
+from .sinks import ParquetSink
+from .sources import Source
+from .summary import Tally
+
+CHUNK_ROWS = 1024
+WINDOW_ROWS = 32768
+DEFAULT_PAUSE_S = 1.0  # run-wide pause after a 429 that named no wait
+
+
+@dataclass(slots=True)
+class PendingBatch:
+    """One input batch waiting for its rows' results."""
+
+    batch: pa.RecordBatch
+    results: list[RowResult | None]
+    remaining: int
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def deliver(self, index: int, result: RowResult) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.set()
+
+
+@dataclass(frozen=True, slots=True)
+class Seams:
+    """Everything outside the process the runner touches, injectable for tests."""
+
+    clock: Callable[[], float]
+    sleep: Callable[[float], Awaitable[Any]]
+    random: Callable[[], float]
+
+
+class Runner:
+    def __init__(self, job: Job, source: Source, sink: ParquetSink, client: ChatClient,
+                 prices: PriceTable, tally: Tally, seams: Seams) -> None:
+        self.job, self.source, self.sink, self.client = job, source, sink, client
+        self.prices, self.tally, self.seams = prices, tally, seams
+        self.budget = RateBudget(job.limits.requests_per_minute, job.limits.tokens_per_minute,
+                                 clock=seams.clock, sleep=self._sleep)
+        self.stop_reason: str | None = None
+        self.fatal: RequestFailed | None = None
+        self.requests_sent = 0
+        self._stop = asyncio.Event()
+        self._workers: list[asyncio.Task] = []
+        self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
+        self._cancelled: set[asyncio.Task] = set()  # workers we cancelled on purpose
+        self._encoder = prompts.BodyEncoder(job.model, dict(job.params))
+        self._template = prompts.Template(job.template) if job.template else None
+        self._system = prompts.Template(job.system) if job.system else None
+
+    # -- control -----------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self, reason: str) -> None:
+        """Stop dispatching now; called a second time, cancel requests in flight too."""
+        targets = self._workers if self.stopping else list(self._waiting)
+        if not self.stopping:
+            self.stop_reason = reason
+            self._stop.set()
+        for task in targets:
+            self._cancelled.add(task)
+            task.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        """The injected sleep, ended early when the run stops."""
+        if seconds <= 0 or self.stopping:
+            return
+        sleeper = asyncio.ensure_future(self.seams.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+
+    # -- the run -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        work: asyncio.Queue = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
+        window: asyncio.Queue = asyncio.Queue(maxsize=max(2, WINDOW_ROWS // CHUNK_ROWS))
+        self._workers = [asyncio.create_task(self._worker(work)) for _ in range(self.job.limits.concurrency)]
+        writer = asyncio.create_task(self._writer(window))
+        try:
+            await self._produce(work, window)
+            for _ in self._workers:
+                await work.put(None)
+            await asyncio.gather(*self._workers)
+            await window.put(None)
+            await writer
+        finally:
+            for task in (*self._workers, writer):
+                task.cancel()
+
+    async def _produce(self, work: asyncio.Queue, window: asyncio.Queue) -> None:
+        batches = self.source.batches(CHUNK_ROWS)
+        while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+            prepared = self._prepare(batch)
+            pending = PendingBatch(batch, [None] * batch.num_rows, batch.num_rows)
+            await window.put(pending)
+            for index, item in enumerate(prepared):
+                if isinstance(item, RowResult):
+                    self._deliver(pending, index, item)
+                elif self.stopping:
+                    self._deliver(pending, index, not_sent_result(self._not_sent_reason()))
+                else:
+                    await work.put((pending, index, item[0], item[1]))
+
+    def _prepare(self, batch: pa.RecordBatch) -> list[RowResult | tuple[bytes, int]]:
+        """Each row as (body, token cost) or, when it is not to be sent, its result."""
+        if self._template is not None:
+            rows = self._rendered_messages(batch)
+        else:
+            rows = self._column_messages(batch)
+        max_output, choices = self.job.max_output_tokens, self.job.choices_per_request
+        prepared: list[RowResult | tuple[bytes, int]] = []
+        for messages in rows:
+            if isinstance(messages, RowResult):
+                prepared.append(messages)
+                continue
+            cost = tokens.request_token_cost(tokens.estimate_prompt_tokens(messages), max_output, choices)
+            prepared.append((self._encoder.encode(messages), cost))
+        return prepared
+
+    def _rendered_messages(self, batch: pa.RecordBatch) -> list:
+        template = self._template
+        columns = [batch.column(name).to_pylist() for name in template.columns]
+        system_columns = [batch.column(n).to_pylist() for n in self._system.columns] if self._system else []
+        out: list = []
+        for i in range(batch.num_rows):
+            values = [column[i] for column in columns]
+            prompt = template.render_values(values)
+            if (columns and prompts.is_blank(values)) or not prompt.strip():
+                out.append(skipped_result("empty prompt: nothing to send"))
+                continue
+            messages = [{"role": "user", "content": prompt}]
+            if self._system is not None:
+                system = self._system.render_values([c[i] for c in system_columns])
+                if system.strip():
+                    messages.insert(0, {"role": "system", "content": system})
+            out.append(messages)
+        return out
+
+    def _column_messages(self, batch: pa.RecordBatch) -> list:
+        out: list = []
+        system = self.job.system
+        for cell in batch.column(self.job.messages_column).to_pylist():
+            try:
+                messages = prompts.parse_messages(cell)
+            except ValueError as exc:
+                out.append(RowResult(status=STATUS_ERROR, error_type="invalid_messages", error_message=str(exc)))
+                continue
+            if messages is None:
+                out.append(skipped_result("empty messages: nothing to send"))
+                continue
+            if system:
+                messages.insert(0, {"role": "system", "content": system})
+            out.append(messages)
+        return out
+
+    async def _worker(self, work: asyncio.Queue) -> None:
+        task = asyncio.current_task()
+        while (item := await work.get()) is not None:
+            pending, index, body, token_cost = item
+            if self.stopping:
+                self._deliver(pending, index, not_sent_result(self._not_sent_reason()))
+                continue
+            try:
+                result = await self._process(body, token_cost)
+            except asyncio.CancelledError:
+                if task not in self._cancelled:
+                    raise
+                self._cancelled.discard(task)
+                task.uncancel()
+                result = not_sent_result("cancelled while waiting or in flight after the run was "
+                                         "stopped (if it was in flight, it may have been billed)")
+            self._deliver(pending, index, result)
+
+    async def _attempt(self, body: bytes, token_cost: int, latency: list) -> Completion:
+        """One attempt: wait for the budget, then send. A 429 pauses the whole run."""
+        task = asyncio.current_task()
+        self._waiting.add(task)
+        try:
+            await self.budget.acquire(token_cost)
+        finally:
+            self._waiting.discard(task)
+        if self.stopping:
+            raise NotSent(self._not_sent_reason())
+        started = self.seams.clock()
+        self.requests_sent += 1
+        try:
+            return await self.client.complete(body)
+        except RateLimited as exc:
+            self.tally.rate_limited += 1
+            self.budget.pause(exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_PAUSE_S)
+            raise
+        finally:
+            latency[0] = self.seams.clock() - started
+
+    async def _process(self, body: bytes, token_cost: int) -> RowResult:
+        latency: list = [None]
+        try:
+            outcome = await call_with_retries(
+                lambda: self._attempt(body, token_cost, latency), self.job.retry,
+                sleep=self._sleep, random=self.seams.random, stopping=lambda: self.stopping)
+        except RequestFailed as exc:  # fatal: record it on the row and stop the run
+            self.fatal = self.fatal or exc
+            if not self.stopping:
+                self.request_stop(exc.message)
+            return _failed(exc, exc.attempts or 1, latency[0])
+        if outcome.value is not None:
+            return self._success(outcome.value, outcome.attempts, latency[0])
+        if outcome.failure is None or isinstance(outcome.failure, NotSent):
+            return not_sent_result(self._not_sent_reason())
+        return _failed(outcome.failure, outcome.attempts, latency[0])
+
+    def _success(self, completion: Completion, attempts: int, latency_s: float | None) -> RowResult:
+        cost = self.prices.cost_usd(completion.model or self.job.model, completion.usage)
+        return RowResult(status=STATUS_OK, attempts=attempts, completion=completion, http_status=200,
+                         cost_usd=cost, latency_s=latency_s)
+
+    def _deliver(self, pending: PendingBatch, index: int, result: RowResult) -> None:
+        self.tally.add(result)
+        pending.deliver(index, result)
+
+    def _not_sent_reason(self) -> str:
+        return f"not sent: the run stopped ({self.stop_reason})"
+
+    async def _writer(self, window: asyncio.Queue) -> None:
+        while (pending := await window.get()) is not None:
+            await pending.done.wait()
+            await asyncio.to_thread(self.sink.write, pending.batch, pending.results)
+
+
+
+def _failed(failure: RequestFailed, attempts: int, latency_s: float | None) -> RowResult:
+    return RowResult(status=STATUS_ERROR, attempts=attempts, error_type=failure.error_type,
+                     error_message=failure.message, http_status=failure.http_status, latency_s=latency_s)

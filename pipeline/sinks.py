@@ -1,0 +1,148 @@
+"""Writing the output Parquet file safely.
+
+The output is every input column unchanged, in input order, followed by the result columns of
+:data:`RESULT_COLUMNS` (with ``replies``/``finish_reasons`` list columns when ``n > 1``). The schema
+is fixed up front, so integer columns stay integers even when every row failed.
+
+Rows are written batch by batch to ``<output>.tmp-<pid>`` in the same folder, and renamed into place
+only when the run has written every row: an interrupted run never leaves a half-written file where
+the user expects output, and an existing output is only replaced when overwriting was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError, OutputExistsError
+from .records import RowResult
+
+RESULT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("reply", pa.string()),
+    ("finish_reason", pa.string()),
+    ("refusal", pa.string()),
+    ("status", pa.string()),
+    ("error_type", pa.string()),
+    ("error_message", pa.string()),
+    ("http_status", pa.int64()),
+    ("model", pa.string()),
+    ("response_id", pa.string()),
+    ("system_fingerprint", pa.string()),
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("total_tokens", pa.int64()),
+    ("cached_tokens", pa.int64()),
+    ("reasoning_tokens", pa.int64()),
+    ("cost_usd", pa.float64()),
+    ("latency_s", pa.float64()),
+    ("attempts", pa.int64()),
+)
+LIST_COLUMNS = (("replies", pa.list_(pa.string())), ("finish_reasons", pa.list_(pa.string())))
+SUMMARY_KEY = b"chatbatch.summary"
+
+
+def result_fields(prefix: str, choices: int) -> list[pa.Field]:
+    columns = RESULT_COLUMNS + (LIST_COLUMNS if choices > 1 else ())
+    return [pa.field(prefix + name, dtype) for name, dtype in columns]
+
+
+def output_schema(input_schema: pa.Schema, prefix: str, choices: int) -> pa.Schema:
+    """The output schema; raises InputError when an input column clashes with a result column."""
+    fields = result_fields(prefix, choices)
+    clashes = [f.name for f in fields if f.name in input_schema.names]
+    if clashes:
+        raise InputError(
+            f"input column(s) {', '.join(clashes)} clash with chatbatch's output columns; "
+            "set column_prefix (--column-prefix llm_) to prefix the output columns"
+        )
+    schema = pa.schema(list(input_schema) + fields, metadata=input_schema.metadata)
+    return schema.with_metadata({**(input_schema.metadata or {}), b"pandas": _pandas_metadata(schema)})
+
+
+def _pandas_metadata(schema: pa.Schema) -> bytes:
+    """pandas metadata so that pandas reads integer columns with nulls as Int64, not float64.
+
+    An input's own pandas metadata (index columns, its dtypes) is kept and extended.
+    """
+    meta = json.loads((schema.metadata or {}).get(b"pandas", b"null")) or {
+        "index_columns": [], "column_indexes": [], "columns": [],
+        "creator": {"library": "chatbatch"}, "pandas_version": None}
+    described = {column.get("field_name", column.get("name")) for column in meta["columns"]}
+    for schema_field in schema:
+        if schema_field.name not in described and pa.types.is_integer(schema_field.type):
+            meta["columns"].append({"name": schema_field.name, "field_name": schema_field.name,
+                                    "pandas_type": str(schema_field.type), "numpy_type": "Int64",
+                                    "metadata": None})
+    return json.dumps(meta).encode()
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        raise InputError(f"output {path} must end in .parquet")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"output {path} exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise InputError(f"output {path} is a directory")
+
+
+def result_arrays(results: Sequence[RowResult], choices: int) -> list[pa.Array]:
+    """One array per result column, in :func:`result_fields` order."""
+    columns: list[list] = [[] for _ in range(len(RESULT_COLUMNS) + (2 if choices > 1 else 0))]
+    for r in results:
+        c = r.completion
+        u = c.usage if c else None
+        values = (
+            c.replies[0] if c else None, c.finish_reasons[0] if c else None, c.refusal if c else None,
+            r.status, r.error_type, r.error_message, r.http_status,
+            c.model if c else None, c.response_id if c else None, c.system_fingerprint if c else None,
+            u.prompt_tokens if u else None, u.completion_tokens if u else None,
+            u.total_tokens if u else None, u.cached_tokens if u else None,
+            u.reasoning_tokens if u else None,
+            None if r.cost_usd is None else float(r.cost_usd), r.latency_s, r.attempts,
+        )
+        if choices > 1:
+            values += (list(c.replies) if c else None, list(c.finish_reasons) if c else None)
+        for column, value in zip(columns, values):
+            column.append(value)
+    types = [t for _, t in RESULT_COLUMNS] + ([t for _, t in LIST_COLUMNS] if choices > 1 else [])
+    return [pa.array(column, type=dtype) for column, dtype in zip(columns, types)]
+
+
+class ParquetSink:
+    """Streams batches into a temporary Parquet file; :meth:`commit` renames it into place."""
+
+    def __init__(self, path: Path, schema: pa.Schema, choices: int) -> None:
+        self.path = path
+        self.schema = schema
+        self.choices = choices
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd")
+        self.rows_written = 0
+
+    def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
+        arrays = list(batch.columns) + result_arrays(results, self.choices)
+        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self.rows_written += batch.num_rows
+
+    def commit(self, metadata: Mapping[bytes, bytes]) -> None:
+        self._writer.add_key_value_metadata(dict(metadata))
+        self._writer.close()
+        os.replace(self.tmp_path, self.path)
+
+    def discard(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
+
+
+def read_summary_metadata(path: Path) -> bytes | None:
+    """The summary JSON stored in an output file's key-value metadata, if any."""
+    metadata = pq.read_schema(path).metadata or {}
+    return metadata.get(SUMMARY_KEY)

@@ -1,0 +1,672 @@
+"""Fake OpenAI Chat Completions server with fault injection, for tests.
+
+Start it in a test and point the pipeline at ``fake.base_url``::
+
+    from fakeapi import FakeOpenAI
+
+    with FakeOpenAI(api_key="sk-test", rpm=60) as fake:
+        run_pipeline(base_url=fake.base_url, api_key="sk-test", ...)
+        assert len(fake.completed()) == 3
+
+The server runs an aiohttp app on 127.0.0.1 (free port) in a daemon thread with
+its own event loop.  Every attribute given to the constructor may be changed
+between runs (``fake.latency_s = 0.2``, ``fake.rpm = 5``); ``reset()`` forgets
+the recorded requests, counters, rate-limit buckets and per-prompt attempts.
+
+Manual use: ``python tests/fakeapi.py --port 8123 [--rpm N --tpm N
+--latency 0.1 --api-key K]`` serves until Ctrl-C.
+
+Routes
+------
+* ``POST /v1/chat/completions`` (auth: ``Authorization: Bearer <key>``).
+* ``POST /openai/deployments/{deployment}/chat/completions?api-version=...``
+  (Azure style, auth: ``api-key: <key>``).  Without ``api-version`` -> 404.
+  ``model`` may be omitted from the body; it defaults to the deployment.
+* Anything else -> 404 with an OpenAI-style error body.
+
+Order of checks for every request: route (404) -> auth (401) -> body (400:
+must be a JSON object with a ``model`` string and a non-empty ``messages``
+list) -> quota (429 insufficient_quota once ``quota_after`` completions were
+billed) -> rate limits (429 rate_limit_exceeded, see below) -> fault
+directives -> normal 200 reply.  ``latency_s`` (plus any ``[[slow]]``) is
+awaited before every reply, whatever its status.
+
+Normal reply
+------------
+OpenAI's ChatCompletion shape.  Choice 0 says ``reply(body)`` if ``reply`` is
+given, else ``"ECHO " + <last user message text>``; choice i>0 (``n`` > 1)
+says ``"ECHO#<i> " + <that text>``.  Content given as a list of parts uses
+its ``text`` parts joined with "\\n".  Token counts are deterministic:
+
+* prompt_tokens P = max(1, chars of all message contents // 4) + 3 * messages
+* completion_tokens C = sum over choices of max(1, len(text) // 4),
+  plus ``reasoning_tokens``
+* ``max_completion_tokens`` / ``max_tokens`` cut a longer choice to
+  4*limit chars with finish_reason "length".
+* cached_tokens = min(``cached_tokens``, P).
+``model`` in the reply is ``answered_model(requested_model)`` if given.
+
+Rate limits (``rpm``, ``tpm``)
+------------------------------
+Two token buckets (capacity = the per-minute limit, refilled continuously at
+limit/60 per second, starting full).  A request costs 1 request and
+P + (max_completion_tokens or max_tokens or 1000) * n tokens.  If a bucket
+lacks capacity the reply is 429 (type "requests" or "tokens", code
+"rate_limit_exceeded") with ``retry-after`` (whole seconds, rounded up) and
+``retry-after-ms``; nothing is consumed.  A request whose token cost exceeds
+``tpm`` itself gets a 429 "Request too large" without retry-after headers.
+Every reply that got past the rate-limit stage carries the ``x-ratelimit-*``
+headers (limit/remaining as ints, reset as Go-style durations like "1s",
+"547ms", "2m52.8s").  ``fake.rate_limited`` counts 429 rate_limit_exceeded
+replies (bucket ones and ``[[429]]`` ones, not quota ones).
+
+Fault directives
+----------------
+Written anywhere in the text of the last user message, so one input table can
+mix faulty and normal rows.  Attempts are counted per distinct prompt text
+(counting only requests that reach the directive stage, i.e. not those
+rejected by auth/validation/quota/rate limits), so "first K attempts" works
+across retries.  K omitted means "always".  Several directives may be
+combined: all active ``[[slow]]`` delays add up, and the first other active
+directive decides the reply.  An unknown directive name gets a 400 with type
+"fakeapi_error" so that typos are loud.
+
+``[[status:CODE]]``, ``[[status:CODE:K]]``
+    Answer CODE (400-599, e.g. 400, 404, 408, 409, 422, 500, 502, 503) with an
+    OpenAI error body; type "invalid_request_error" for 4xx, "server_error"
+    for 5xx, code null.
+``[[context]]``
+    400, code "context_length_exceeded" (128000-token context message).
+``[[429]]``, ``[[429:K]]``
+    429 rate_limit_exceeded (type "requests") with ``retry-after-ms: 50`` and
+    ``retry-after: 1``.
+``[[quota]]``
+    429 insufficient_quota (always).
+``[[auth]]``
+    401 invalid_api_key (always).
+``[[reset]]``, ``[[reset:K]]``
+    Abort the TCP connection without any response (httpx raises
+    RemoteProtocolError, a TransportError); recorded with status 0.
+``[[slow:SECONDS]]``, ``[[slow:SECONDS:K]]``
+    Sleep SECONDS (may be fractional) before answering.
+``[[truncate]]``, ``[[truncate:K]]``
+    200, Content-Type application/json, body cut in half (invalid JSON).
+``[[nochoices]]``, ``[[nochoices:K]]``
+    200 with a valid completion whose ``choices`` is ``[]`` (not billed).
+``[[refuse]]``
+    200 whose message has ``content: null`` and ``refusal: "I'm sorry, I
+    can't help with that."`` (billed, like the real API).
+
+Example row texts: ``"Summarise X [[status:500:2]]"`` fails twice then
+succeeds; ``"[[slow:0.3:1]] Y"`` is slow once; ``"[[reset:1]] Z"`` drops the
+first connection.  Notes: rows with identical text share one attempt counter
+(make them distinct if they must fail independently); the directive stays in
+the prompt, so the ECHO reply contains it too.
+
+Recording
+---------
+``fake.requests`` lists every request in arrival order as a dict with keys
+``path``, ``query``, ``headers`` (lowercase keys), ``body`` (parsed JSON or
+None), ``prompt`` (last user message text or None), ``status`` (None while
+in flight, 0 for a dropped connection), ``deployment`` (Azure paths, else
+None), ``attempt`` (1-based attempt number of this prompt, None if the
+request did not reach the directive stage), ``billed`` (True for a valid 200
+completion) and ``client_gone`` (True if the client had already hung up when
+the answer was sent -- it is still billed, as with the real API; best
+effort, it depends on the client having closed its socket).
+``fake.completed()`` returns the billed entries; ``fake.billed_count`` counts
+billed completions and ``fake.rate_limited`` the rate-limit 429s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http
+import json
+import math
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from aiohttp import web
+
+REFUSAL = "I'm sorry, I can't help with that."
+KEY_URL = "https://platform.openai.com/account/api-keys"
+CONTEXT_MSG = (
+    "This model's maximum context length is 128000 tokens. However, your "
+    "messages resulted in 130000 tokens. Please reduce the length of the messages."
+)
+QUOTA_MSG = "You exceeded your current quota, please check your plan and billing details."
+NO_KEY_MSG = (
+    "You didn't provide an API key. You need to provide your API key in an "
+    "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), "
+    f"or as the password field (with blank username) if you're accessing the API "
+    f"from your browser and are prompted for a username and password. You can "
+    f"obtain an API key from {KEY_URL}."
+)
+OPENAI_PATH = re.compile(r"^/v1/chat/completions/?$")
+AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions/?$")
+DIRECTIVE = re.compile(r"\[\[([A-Za-z0-9_]+)((?::[^:\[\]]*)*)\]\]")
+# name -> (number of leading required args, index of the optional K arg or None)
+DIRECTIVES = {
+    "status": (1, 1), "context": (0, None), "429": (0, 0), "quota": (0, None),
+    "auth": (0, None), "reset": (0, 0), "slow": (1, 1), "truncate": (0, 0),
+    "nochoices": (0, 0), "refuse": (0, None),
+}
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def go_duration(seconds: float) -> str:
+    """Format like Go's time.Duration (ms precision): "0s", "547ms", "6m0s", "2m52.8s"."""
+    ms = max(0, math.ceil(seconds * 1000 - 1e-6))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, frac = divmod(rest, 1000)
+    out = f"{secs}" + (f".{frac:03d}".rstrip("0") if frac else "") + "s"
+    if hours or minutes:
+        out = f"{minutes}m" + out
+    if hours:
+        out = f"{hours}h" + out
+    return out
+
+
+def mask_key(key: str) -> str:
+    return f"{key[:5]}***{key[-2:]}"
+
+
+def content_text(content: Any) -> str:
+    """Text of a message content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            p.get("text", "") for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def last_user_text(messages: list) -> str | None:
+    for msg in reversed(messages):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            return content_text(msg.get("content"))
+    return None
+
+
+def prompt_tokens(messages: list) -> int:
+    chars = sum(len(content_text(m.get("content"))) for m in messages if isinstance(m, dict))
+    return max(1, chars // 4) + 3 * len(messages)
+
+
+def error_body(message: str, type_: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def directive_state(name: str, args: list[str], attempt: int) -> tuple[bool, float]:
+    """Validate one directive; return (active on this attempt, slow seconds).
+
+    Raises KeyError for an unknown name, ValueError for bad arguments.
+    """
+    required, k_index = DIRECTIVES[name]
+    allowed = required if k_index is None else k_index + 1
+    if not required <= len(args) <= allowed:
+        raise ValueError(args)
+    if name == "status" and not 400 <= int(args[0]) <= 599:
+        raise ValueError(args)
+    seconds = float(args[0]) if name == "slow" else 0.0
+    k = args[k_index] if k_index is not None and len(args) > k_index else ""
+    return (not k or attempt <= int(k)), seconds
+
+
+def parse_directives(text: str | None) -> list[tuple[str, list[str]]]:
+    """Return [(name, args)] for every ``[[name:arg:...]]`` in text."""
+    if not text:
+        return []
+    return [(m.group(1).lower(), m.group(2).split(":")[1:])
+            for m in DIRECTIVE.finditer(text)]
+
+
+class Bucket:
+    """Continuously refilled token bucket: capacity per minute, starts full."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.rate = max(capacity, 1) / 60.0  # rpm=0 would never refill
+        self.level = float(capacity)
+        self.stamp = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, cost: int) -> float:
+        """Seconds until `cost` is available (0 if available now; inf if never)."""
+        if cost > self.capacity:
+            return math.inf
+        return max(0.0, (cost - self.level) / self.rate)
+
+    def until_full(self) -> float:
+        return (self.capacity - self.level) / self.rate
+
+    def headers(self, kind: str) -> dict[str, str]:
+        return {
+            f"x-ratelimit-limit-{kind}": str(self.capacity),
+            f"x-ratelimit-remaining-{kind}": str(max(0, int(self.level))),
+            f"x-ratelimit-reset-{kind}": go_duration(self.until_full()),
+        }
+
+
+@dataclass
+class Action:
+    """What to answer: kind is "json", "reset" (drop) or "truncate"."""
+
+    kind: str
+    status: int
+    payload: dict
+    delay: float = 0.0
+    billed: bool = False
+
+
+class Reply(Exception):
+    """Raised inside the handler to answer immediately with an error."""
+
+    def __init__(self, status: int, body: dict, headers: dict | None = None):
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers or {}
+        self.delay = 0.0
+
+
+# --------------------------------------------------------------------------
+# the server
+
+
+class FakeOpenAI:
+    """Fake OpenAI Chat Completions server; see the module docstring."""
+
+    def __init__(self, *, api_key: str | None = None, rpm: int | None = None,
+                 tpm: int | None = None, latency_s: float = 0.0,
+                 quota_after: int | None = None, cached_tokens: int = 0,
+                 reasoning_tokens: int = 0,
+                 answered_model: Callable[[str], str] | None = None,
+                 reply: Callable[[dict], str] | None = None, port: int = 0):
+        self.api_key, self.rpm, self.tpm = api_key, rpm, tpm
+        self.latency_s, self.quota_after = latency_s, quota_after
+        self.cached_tokens, self.reasoning_tokens = cached_tokens, reasoning_tokens
+        self.answered_model, self.reply = answered_model, reply
+        self.port = port
+        self.base_url = self.root_url = ""
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget recorded requests, counters, buckets and per-prompt attempts."""
+        with self._lock:
+            self.requests: list[dict] = []
+        self.rate_limited = 0
+        self.billed_count = 0
+        self._ids = 0
+        self._attempts: dict[str, int] = {}
+        self._buckets: dict[str, Bucket] = {}
+
+    def completed(self) -> list[dict]:
+        with self._lock:
+            return [r for r in self.requests if r["billed"]]
+
+    # ---- lifecycle -------------------------------------------------------
+
+    def start(self) -> "FakeOpenAI":
+        if self._thread is not None:
+            return self
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="FakeOpenAI", daemon=True)
+        self._thread.start()
+        port = asyncio.run_coroutine_threadsafe(self._astart(), self._loop).result(10)
+        self.root_url = f"http://127.0.0.1:{port}"
+        self.base_url = self.root_url + "/v1"
+        return self
+
+    async def _astart(self) -> int:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self._runner.addresses[0][1]
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        try:
+            asyncio.run_coroutine_threadsafe(self._astop(), loop).result(10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+
+    async def _astop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        me = asyncio.current_task()
+        for task in asyncio.all_tasks():
+            if task is not me:
+                task.cancel()
+
+    def __enter__(self) -> "FakeOpenAI":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- request handling ------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        messages = body.get("messages") if isinstance(body, dict) else None
+        entry = {
+            "path": request.path, "query": dict(request.query),
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "body": body, "status": None, "deployment": None, "attempt": None,
+            "prompt": last_user_text(messages) if isinstance(messages, list) else None,
+            "billed": False, "client_gone": False,
+        }
+        with self._lock:
+            self.requests.append(entry)
+        headers = {"x-request-id": "req_" + uuid.uuid4().hex}
+        try:
+            action = self._decide(request, entry, headers)
+        except Reply as err:
+            headers.update(err.headers)
+            action = Action("json", err.status, err.body, err.delay)
+        return await self._respond(request, entry, headers, action)
+
+    async def _respond(self, request: web.Request, entry: dict, headers: dict,
+                       action: Action) -> web.StreamResponse:
+        await asyncio.sleep(self.latency_s + action.delay)
+        transport = request.transport
+        entry["client_gone"] = transport is None or transport.is_closing()
+        if action.kind == "reset":
+            entry["status"] = 0
+            if transport is not None:
+                transport.abort()
+            return web.Response(status=500)  # never reaches the client
+        data = json.dumps(action.payload).encode()
+        if action.kind == "truncate":
+            data = data[: len(data) // 2]
+        entry["status"], entry["billed"] = action.status, action.billed
+        return web.Response(status=action.status, body=data, headers=headers,
+                            content_type="application/json")
+
+    def _decide(self, request: web.Request, entry: dict, headers: dict) -> Action:
+        """Run the checks in order and return what to answer (or raise Reply)."""
+        deployment = self._route(request)
+        entry["deployment"] = deployment
+        self._check_auth(request, deployment is not None)
+        body = self._validate(entry["body"], deployment)
+        if self.quota_after is not None and self.billed_count >= self.quota_after:
+            raise Reply(429, error_body(QUOTA_MSG, "insufficient_quota", "insufficient_quota"))
+        headers.update(self._rate_limit(body))
+        prompt = entry["prompt"] or ""
+        self._attempts[prompt] = attempt = self._attempts.get(prompt, 0) + 1
+        entry["attempt"] = attempt
+        kind, delay = self._directive(entry["prompt"], attempt, body)
+        if kind in ("reset", "truncate"):
+            return Action(kind, 200, self._completion(body, "ok"), delay)
+        self.billed_count += kind != "nochoices"  # reserved now so quota is strict
+        return Action("json", 200, self._completion(body, kind), delay,
+                      billed=kind != "nochoices")
+
+    def _route(self, request: web.Request) -> str | None:
+        """Return the Azure deployment (or None for /v1); raise 404 otherwise."""
+        not_found = Reply(404, error_body(
+            f"Invalid URL ({request.method} {request.path})", "invalid_request_error", None))
+        if request.method != "POST":
+            raise not_found
+        if OPENAI_PATH.match(request.path):
+            return None
+        match = AZURE_PATH.match(request.path)
+        if not match:
+            raise not_found
+        if "api-version" not in request.query:
+            raise Reply(404, error_body("Resource not found", "invalid_request_error", "404"))
+        return match.group(1)
+
+    def _check_auth(self, request: web.Request, azure: bool) -> None:
+        if self.api_key is None:
+            return
+        if azure:
+            sent = request.headers.get("api-key")
+        else:
+            auth = request.headers.get("Authorization", "")
+            sent = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        if sent == self.api_key:
+            return
+        if not sent:
+            raise Reply(401, error_body(NO_KEY_MSG, "invalid_request_error", None))
+        raise self._auth_error(sent)
+
+    @staticmethod
+    def _auth_error(sent: str) -> Reply:
+        msg = (f"Incorrect API key provided: {mask_key(sent)}. "
+               f"You can find your API key at {KEY_URL}.")
+        return Reply(401, error_body(msg, "invalid_request_error", "invalid_api_key"))
+
+    @staticmethod
+    def _validate(body: Any, deployment: str | None) -> dict:
+        def bad(msg: str, param: str | None = None) -> Reply:
+            return Reply(400, error_body(msg, "invalid_request_error", None, param))
+        if not isinstance(body, dict):
+            raise bad("We could not parse the JSON body of your request. (HINT: This "
+                      "likely means you aren't using your HTTP library correctly.)")
+        if deployment is not None and "model" not in body:
+            body = {**body, "model": deployment}
+        if not isinstance(body.get("model"), str):
+            raise bad("you must provide a model parameter", "model")
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise bad("'messages' must be a non-empty array.", "messages")
+        n = body.get("n", 1)
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise bad(f"{n!r} is less than the minimum of 1 - 'n'", "n")
+        return body
+
+    # ---- rate limits -----------------------------------------------------
+
+    def _bucket(self, kind: str, limit: int | None) -> Bucket | None:
+        if limit is None:
+            self._buckets.pop(kind, None)
+            return None
+        bucket = self._buckets.get(kind)
+        if bucket is None or bucket.capacity != limit:
+            bucket = self._buckets[kind] = Bucket(limit)
+        bucket.refill()
+        return bucket
+
+    def _rate_limit(self, body: dict) -> dict[str, str]:
+        """Consume from the buckets or raise a 429; return x-ratelimit headers."""
+        req_b = self._bucket("requests", self.rpm)
+        tok_b = self._bucket("tokens", self.tpm)
+        cost = request_token_cost(body)
+        for kind, bucket, amount in (("requests", req_b, 1), ("tokens", tok_b, cost)):
+            if bucket is not None and bucket.wait_for(amount) > 0:
+                raise self._limit_error(kind, bucket, amount, body["model"], req_b, tok_b)
+        for bucket, amount in ((req_b, 1), (tok_b, cost)):
+            if bucket is not None:
+                bucket.level -= amount
+        return limit_headers(req_b, tok_b)
+
+    def _limit_error(self, kind: str, bucket: Bucket, amount: int, model: str,
+                     req_b: Bucket | None, tok_b: Bucket | None) -> Reply:
+        self.rate_limited += 1
+        wait = bucket.wait_for(amount)
+        unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+        head = f"in organization org-fake on {unit}: Limit {bucket.capacity}"
+        headers = limit_headers(req_b, tok_b)
+        if math.isinf(wait):
+            msg = (f"Request too large for {model} {head}, Requested {amount}. The input "
+                   "or output tokens must be reduced in order to run successfully.")
+        else:
+            used = bucket.capacity - max(0, int(bucket.level))
+            msg = (f"Rate limit reached for {model} {head}, Used {used}, Requested "
+                   f"{amount}. Please try again in {go_duration(wait)}.")
+            headers["retry-after"] = str(max(1, math.ceil(wait)))
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        return Reply(429, error_body(msg, kind, "rate_limit_exceeded"), headers)
+
+    # ---- directives and completions ---------------------------------------
+
+    def _directive(self, prompt: str | None, attempt: int, body: dict) -> tuple[str, float]:
+        """Apply the active fault directives.
+
+        Raise Reply for error answers; otherwise return (kind, extra_delay) where
+        kind is "ok", "reset", "truncate", "nochoices" or "refuse".
+        """
+        delay, decided = 0.0, None
+        for name, args in parse_directives(prompt):
+            try:
+                active, seconds = directive_state(name, args, attempt)
+            except (ValueError, KeyError):
+                raise Reply(400, error_body(f"fakeapi: bad directive [[{':'.join([name, *args])}]]",
+                                            "fakeapi_error", None)) from None
+            if not active:
+                continue
+            if name == "slow":
+                delay += seconds
+            elif decided is None:
+                decided = (name, args)
+        if decided is None:
+            return ("ok", delay)
+        try:
+            return (self._apply(decided[0], decided[1], body), delay)
+        except Reply as err:
+            err.delay = delay  # [[slow]] also delays injected errors
+            raise
+
+    def _apply(self, name: str, args: list[str], body: dict) -> str:
+        """Raise the Reply of an error directive, or return the completion kind."""
+        if name == "status":
+            code = int(args[0])
+            type_ = "server_error" if code >= 500 else "invalid_request_error"
+            msg = f"fakeapi: injected {code} {http.HTTPStatus(code).phrase}"
+            raise Reply(code, error_body(msg, type_, None))
+        if name == "context":
+            raise Reply(400, error_body(CONTEXT_MSG, "invalid_request_error",
+                                        "context_length_exceeded", "messages"))
+        if name == "429":
+            self.rate_limited += 1
+            msg = (f"Rate limit reached for {body['model']} in organization org-fake on "
+                   "requests per min (RPM): Limit 3, Used 3, Requested 1. "
+                   "Please try again in 50ms.")
+            raise Reply(429, error_body(msg, "requests", "rate_limit_exceeded"),
+                        {"retry-after": "1", "retry-after-ms": "50"})
+        if name == "quota":
+            raise Reply(429, error_body(QUOTA_MSG, "insufficient_quota", "insufficient_quota"))
+        if name == "auth":
+            raise self._auth_error("sk-fake-key-from-directive")
+        return name  # reset / truncate / nochoices / refuse
+
+    def _completion(self, body: dict, variant: str) -> dict:
+        """Build the ChatCompletion; variant is "ok", "nochoices" or "refuse"."""
+        messages = body["messages"]
+        n = body.get("n") or 1
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if self.reply is not None:
+            text = self.reply(body)
+        else:
+            text = "ECHO " + (last_user_text(messages) or "")
+        choices, c_tokens = [], self.reasoning_tokens
+        for i in range(n):
+            content = text if i == 0 else f"ECHO#{i} {text}"
+            if variant == "refuse":
+                content = REFUSAL
+            finish = "stop"
+            if limit and max(1, len(content) // 4) > limit:
+                content, finish = content[: 4 * limit], "length"
+            c_tokens += max(1, len(content) // 4)
+            message = {"role": "assistant", "content": content, "refusal": None}
+            if variant == "refuse":
+                message.update(content=None, refusal=content)
+            choices.append({"index": i, "message": message, "logprobs": None,
+                            "finish_reason": finish})
+        return self._envelope(body, [] if variant == "nochoices" else choices, c_tokens)
+
+    def _envelope(self, body: dict, choices: list, c_tokens: int) -> dict:
+        self._ids += 1
+        p_tokens = prompt_tokens(body["messages"])
+        model = body["model"]
+        return {
+            "id": f"chatcmpl-{self._ids}", "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.answered_model(model) if self.answered_model else model,
+            "system_fingerprint": "fp_fake", "choices": choices,
+            "usage": {
+                "prompt_tokens": p_tokens, "completion_tokens": c_tokens,
+                "total_tokens": p_tokens + c_tokens,
+                "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, p_tokens),
+                                          "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": self.reasoning_tokens, "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+            },
+        }
+
+
+def request_token_cost(body: dict) -> int:
+    """Tokens a request reserves: P + (max_completion_tokens|max_tokens|1000) * n."""
+    out = body.get("max_completion_tokens") or body.get("max_tokens") or 1000
+    return prompt_tokens(body["messages"]) + out * (body.get("n") or 1)
+
+
+def limit_headers(req_b: Bucket | None, tok_b: Bucket | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if req_b is not None:
+        headers.update(req_b.headers("requests"))
+    if tok_b is not None:
+        headers.update(tok_b.headers("tokens"))
+    return headers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI Chat Completions server")
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--rpm", type=int)
+    parser.add_argument("--tpm", type=int)
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--api-key")
+    args = parser.parse_args(argv)
+    fake = FakeOpenAI(api_key=args.api_key, rpm=args.rpm, tpm=args.tpm,
+                      latency_s=args.latency, port=args.port).start()
+    print(f"FakeOpenAI serving at {fake.base_url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()
