@@ -44,11 +44,12 @@ _NUM = (NUMBER, "a number")
 _BOOL = ((bool,), "true or false")
 _TABLE = ((dict,), "a table")
 _STR_OR_LIST = ((str, list), "a string or a list of strings")
+_LIST = ((list,), "a list of strings")
 
 SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     # what to read, render and write
     "input": _STR, "output": _STR, "template": _STR, "system": _STR, "messages_column": _STR,
-    "column_prefix": _STR, "overwrite": _BOOL, "quiet": _BOOL, "progress_interval": _NUM,
+    "required_columns": _LIST, "column_prefix": _STR, "overwrite": _BOOL, "quiet": _BOOL, "progress_interval": _NUM,
     # where to send it
     "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
     "api_version": _STR, "deployment": _STR,
@@ -127,6 +128,7 @@ class Job:
     messages_column: str | None
     params: Mapping[str, Any]
     endpoint: Endpoint
+    required_columns: tuple[str, ...] = ()
     limits: Limits = Limits()
     retry: RetrySettings = RetrySettings()
     overwrite: bool = False
@@ -206,6 +208,8 @@ def _check_keys(values: Mapping[str, Any], origin: Mapping[str, str]) -> None:
         stop = values["stop"]
         if isinstance(stop, list) and not (1 <= len(stop) <= 4 and all(isinstance(s, str) for s in stop)):
             raise JobError(f"{origin['stop']}: key 'stop' must be a string or 1 to 4 strings")
+    if not all(isinstance(c, str) for c in values.get("required_columns", [])):
+        raise JobError(f"{origin['required_columns']}: key 'required_columns' must be a list of column names")
     if "top_logprobs" in values and not values.get("logprobs"):
         raise JobError(f"{origin['top_logprobs']}: 'top_logprobs' needs 'logprobs = true'")
     extra = values.get("extra_body", {})
@@ -249,6 +253,7 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         system=values.get("system"),
         messages_column=values.get("messages_column"),
         params=params,
+        required_columns=tuple(values.get("required_columns", ())),
         endpoint=_endpoint(values, env, source, has_key_flag),
         limits=Limits(
             concurrency=values.get("concurrency", Limits.concurrency),

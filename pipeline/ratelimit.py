@@ -82,8 +82,11 @@ class RateBudget:
 
     async def _acquire_tokens(self, tokens: float) -> None:
         assert self._tokens is not None
-        capacity = self._tokens.max_rate
-        while tokens > capacity:
-            await self._tokens.acquire(capacity)
-            tokens -= capacity
-        await self._tokens.acquire(tokens)
+        for amount in chunks(tokens, self._tokens.max_rate):
+            await self._tokens.acquire(amount)
+
+
+def chunks(amount: float, capacity: float) -> list[float]:
+    """``amount`` split into pieces no larger than ``capacity`` (aiolimiter's largest acquire)."""
+    whole, rest = divmod(amount, capacity)
+    return [capacity] * int(whole) + ([rest] if rest else [])

@@ -73,9 +73,12 @@ def prepare(job: Job) -> Prepared:
         Template(job.template).check_columns(source.columns)
     if job.system is not None:
         Template(job.system).check_columns(source.columns, what="system prompt")
-    if job.messages_column is not None and job.messages_column not in source.columns:
-        raise InputError(f"messages_column {job.messages_column!r} is not in the input; "
-                         f"the input's columns are: {', '.join(source.columns)}")
+    for what, names in (("messages_column", [job.messages_column] if job.messages_column else []),
+                        ("required_columns", job.required_columns)):
+        missing = [name for name in names if name not in source.columns]
+        if missing:
+            raise InputError(f"{what} names column {missing[0]!r}, which the input lacks; "
+                             f"the input's columns are: {', '.join(source.columns)}")
     output_schema(source.schema, job.column_prefix, job.choices_per_request)
     check_output(job.output_path, job.overwrite)
     prices = load_prices(job.prices_file, job.price_overrides)

@@ -154,6 +154,11 @@ class Runner:
             rows = self._rendered_messages(batch)
         else:
             rows = self._column_messages(batch)
+        if self.job.required_columns:
+            required = [batch.column(name).to_pylist() for name in self.job.required_columns]
+            for i, values in enumerate(zip(*required)):
+                if not isinstance(rows[i], RowResult) and any(prompts.is_blank([v]) for v in values):
+                    rows[i] = skipped_result("a required column is empty: nothing to send")
         max_output, choices = self.job.max_output_tokens, self.job.choices_per_request
         prepared: list[RowResult | tuple[bytes, int]] = []
         for messages in rows:

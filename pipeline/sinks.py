@@ -122,7 +122,10 @@ class ParquetSink:
         self.choices = choices
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd")
+        # store_schema=False: readers then build the Arrow schema from the Parquet schema and the
+        # file's key-value metadata, so the summary added at commit is visible to pq.read_schema,
+        # pq.read_table and pq.read_metadata alike (a stored ARROW:schema would hide it).
+        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd", store_schema=False)
         self.rows_written = 0
 
     def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
@@ -131,7 +134,7 @@ class ParquetSink:
         self.rows_written += batch.num_rows
 
     def commit(self, metadata: Mapping[bytes, bytes]) -> None:
-        self._writer.add_key_value_metadata(dict(metadata))
+        self._writer.add_key_value_metadata({**(self.schema.metadata or {}), **metadata})
         self._writer.close()
         os.replace(self.tmp_path, self.path)
 
@@ -144,5 +147,5 @@ class ParquetSink:
 
 def read_summary_metadata(path: Path) -> bytes | None:
     """The summary JSON stored in an output file's key-value metadata, if any."""
-    metadata = pq.read_schema(path).metadata or {}
+    metadata = pq.read_metadata(path).metadata or {}
     return metadata.get(SUMMARY_KEY)
