@@ -4,9 +4,9 @@
 or raises one of the :mod:`pipeline.errors` classes — this is the one place where HTTP statuses and
 httpx's exceptions are translated. It never retries or sleeps; :mod:`pipeline.retry` does that.
 
-The ``httpx.AsyncClient`` is injected: :func:`make_http_client` builds the production one on the
-aiohttp transport (httpx's own pool collapses at high concurrency; see bench/transport.py), and unit
-tests pass one built on ``httpx.MockTransport``.
+The ``httpx.AsyncClient`` is injected: :func:`pipeline.transport.make_http_client` builds the
+production one, and unit tests pass one built on ``httpx.MockTransport``. Requests are built once
+here (URL parsed once, headers fixed) and handed to ``AsyncClient.send``.
 
 Every message that reaches an error has the API key removed, whatever the server echoed.
 """
@@ -28,14 +28,6 @@ from .records import Completion, Usage
 MAX_ERROR_CHARS = 500
 
 
-def make_http_client(concurrency: int, timeout_s: float) -> httpx.AsyncClient:
-    """The production client: httpx API over aiohttp's connection pool, sized for ``concurrency``."""
-    from httpx_aiohttp import AiohttpTransport
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=timeout_s)
-
-
 def redact(text: str, secret: str | None) -> str:
     """``text`` with every occurrence of ``secret`` replaced."""
     if secret and len(secret) >= 4 and secret in text:
@@ -48,15 +40,18 @@ class ChatClient:
 
     def __init__(self, http: httpx.AsyncClient, endpoint: Endpoint, timeout_s: float) -> None:
         self._http = http
-        self._url = endpoint.url
+        self._url = httpx.URL(endpoint.url)
         self._headers = httpx.Headers(endpoint.headers())
+        self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
         self._secret = endpoint.api_key
         self._timeout_s = timeout_s
 
     async def complete(self, body: bytes) -> Completion:
         try:
             async with asyncio.timeout(self._timeout_s):
-                response = await self._http.post(self._url, content=body, headers=self._headers)
+                request = httpx.Request("POST", self._url, headers=self._headers, content=body,
+                                        extensions=self._extensions)
+                response = await self._http.send(request)
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise TransportFailure(f"no reply within {self._timeout_s:g}s", error_type="timeout") from exc
         except httpx.TransportError as exc:

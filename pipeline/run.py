@@ -31,7 +31,8 @@ from typing import Any, Callable
 import httpx
 
 from . import __version__
-from .client import ChatClient, make_http_client
+from .client import ChatClient
+from .transport import make_http_client
 from .errors import InputError
 from .jobspec import Job
 from .pricing import PriceTable, load_prices
