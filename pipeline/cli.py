@@ -165,7 +165,7 @@ def run(job_file: Path | None, **options: Any) -> None:
         click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
     if report.exit_code == EXIT_ABORTED:
         error_type = next(iter(summary["error_types"]), "")
-        advice = ABORT_ADVICE.get(error_type, "no retry can fix this; see the message above")
+        advice = ABORT_ADVICE.get(error_type, "no retry can fix this: correct the job and run it again")
         click.echo(redact(f"chatbatch: run aborted: {summary['stopped']}\n  what to do: {advice}.\n"
                           f"  Rows finished before the stop were written to {report.output_path}; rows "
                           "not sent have error_type 'not_sent'.", secret), err=True)

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from . import prompts, tokens
 from .client import ChatClient
-from .errors import NotSent, RateLimited, RequestFailed
+from .errors import NotSent, RateLimited, RequestFailed, RowRejected
 from .jobspec import Job
 from .pricing import PriceTable
 from .ratelimit import RateBudget
@@ -45,6 +45,7 @@ from .summary import Tally
 CHUNK_ROWS = 1024
 WINDOW_ROWS = 32768
 DEFAULT_PAUSE_S = 1.0  # run-wide pause after a 429 that named no wait
+FAIL_FAST_ROWS = 20  # this many identical 4xx row errors before any success stop the run
 
 
 @dataclass(slots=True)
@@ -86,6 +87,7 @@ class Runner:
         self._workers: list[asyncio.Task] = []
         self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
         self._cancelled: set[asyncio.Task] = set()  # workers we cancelled on purpose
+        self._leading_failures: dict[tuple, int] | None = {}  # None once a row succeeded
         self._encoder = prompts.BodyEncoder(job.model, dict(job.params))
         self._template = prompts.Template(job.template) if job.template else None
         self._system = prompts.Template(job.system) if job.system else None
@@ -269,6 +271,29 @@ class Runner:
     def _deliver(self, pending: PendingBatch, index: int, result: RowResult) -> None:
         self.tally.add(result)
         pending.deliver(index, result)
+        if self._leading_failures is not None:
+            self._check_fail_fast(result)
+
+    def _check_fail_fast(self, result: RowResult) -> None:
+        """Stop when the first requests all fail the same way: the job is wrong, not the rows.
+
+        A wrong model name or base URL gets a 404 (or 400) for every row; sending millions of rows
+        to learn that helps nobody. One success anywhere turns this check off for the run.
+        """
+        if result.status == STATUS_OK:
+            self._leading_failures = None
+            return
+        status = result.http_status
+        if result.status != STATUS_ERROR or status is None or not 400 <= status < 500:
+            return
+        key = (result.error_type, status)
+        self._leading_failures[key] = self._leading_failures.get(key, 0) + 1
+        if len(self._leading_failures) == 1 and self._leading_failures[key] >= FAIL_FAST_ROWS and not self.stopping:
+            message = (f"the first {FAIL_FAST_ROWS} requests all failed with HTTP {status} "
+                       f"({result.error_type}) and none succeeded, so the job itself looks wrong "
+                       f"(model name? base URL? parameters?): {result.error_message}")
+            self.fatal = RowRejected(message, http_status=status, error_type=result.error_type)
+            self.request_stop(message)
 
     def _not_sent_reason(self) -> str:
         return f"not sent: the run stopped ({self.stop_reason})"

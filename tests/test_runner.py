@@ -187,3 +187,25 @@ def test_summary_is_in_parquet_metadata_and_beside_the_output(tmp_path):
     beside = json.loads(report.summary_path.read_text())
     assert stored == beside == report.summary
     assert beside["cost_usd"] == pytest.approx(2 * (10 * 0.15 + 2 * 0.60) / 1e6)
+
+
+def test_a_job_that_fails_every_row_the_same_way_stops_early(tmp_path):
+    def handler(request):
+        return httpx.Response(404, json={"error": {"message": "The model `gpt-40-mini` does not exist",
+                                                   "type": "invalid_request_error", "code": "model_not_found"}})
+
+    report, out = run(make_job(tmp_path, [f"r{i}" for i in range(500)], concurrency=2), handler)
+    assert report.exit_code == 3
+    assert report.summary["requests_sent"] < 30
+    assert "model_not_found" in report.summary["stopped"] and "does not exist" in report.summary["stopped"]
+    assert len(out) == 500 and out[-1]["error_type"] == "not_sent"
+
+
+def test_sporadic_row_errors_do_not_stop_the_run(tmp_path):
+    def handler(request):
+        if prompt_of(request).endswith("0"):
+            return httpx.Response(400, json={"error": {"message": "bad", "type": "invalid_request_error"}})
+        return httpx.Response(200, json=completion("x"))
+
+    report, out = run(make_job(tmp_path, [f"r{i}" for i in range(100)], concurrency=1), handler)
+    assert report.exit_code == 1 and report.summary["error"] == 10 and report.summary["ok"] == 90
