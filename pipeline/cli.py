@@ -111,6 +111,12 @@ RUN_OPTIONS: list[tuple[str, dict]] = [
     ("--prices-file", dict(type=click.Path(dir_okay=False), help="JSON/TOML price table adding to the shipped one.")),
     ("--progress-interval", dict(type=click.FloatRange(0, min_open=True),
                                  help="Seconds between progress lines when stderr is not a terminal [30].")),
+    ("--state-dir", dict(type=click.Path(file_okay=False), help="Folder for the resume journal (default: <output>.state).")),
+    ("--fresh", dict(is_flag=True, default=None, help="Discard the job's resume state and start over.")),
+    ("--retry-errors", dict(is_flag=True, default=None, help="On resume, send rows that failed before again.")),
+    ("--cache/--no-cache", dict(default=None, help="Reuse replies to identical requests from earlier runs (opt-in).")),
+    ("--cache-dir", dict(type=click.Path(file_okay=False), help="Response cache folder (default ~/.cache/chatbatch).")),
+    ("--dedupe/--no-dedupe", dict(default=None, help="Send identical requests within a run once [on].")),
     ("--overwrite", dict(is_flag=True, default=None, help="Replace an existing output file.")),
     ("--quiet", dict(is_flag=True, default=None, help="No progress and no summary table; errors only.")),
 ]
@@ -145,14 +151,19 @@ def main() -> None:
 def run(job_file: Path | None, **options: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags win over the file's keys."""
     api_key = options.get("api_key")
+    fresh, retry_errors = bool(options.pop("fresh")), bool(options.pop("retry_errors"))
     try:
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
         secret = job.endpoint.api_key
-        prepared = prepare(job)
+        prepared = prepare(job, fresh=fresh)
         for warning in prepared.warnings:
             click.echo(f"chatbatch: warning: {warning}", err=True)
+        for note in prepared.notes:
+            if not job.quiet:
+                click.echo(f"chatbatch: {note}", err=True)
         mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
-        report = asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True))
+        report = asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
+                                     retry_errors=retry_errors))
     except JobError as exc:
         _fail(str(exc), EXIT_BAD_JOB, api_key)
     except ChatbatchError as exc:
@@ -168,10 +179,12 @@ def run(job_file: Path | None, **options: Any) -> None:
         advice = ABORT_ADVICE.get(error_type, "no retry can fix this: correct the job and run it again")
         click.echo(redact(f"chatbatch: run aborted: {summary['stopped']}\n  what to do: {advice}.\n"
                           f"  Rows finished before the stop were written to {report.output_path}; rows "
-                          "not sent have error_type 'not_sent'.", secret), err=True)
+                          "not sent have error_type 'not_sent'. Run the same command again to resume: "
+                          "finished rows will not be sent again.", secret), err=True)
     elif summary.get("stopped"):
         click.echo(f"chatbatch: stopped: {summary['stopped']}; rows finished were written to "
-                   f"{report.output_path}; rows not sent have error_type 'not_sent'.", err=True)
+                   f"{report.output_path}; rows not sent have error_type 'not_sent'.\n"
+                   "  To resume, run the same command again: finished rows will not be sent again.", err=True)
     sys.exit(report.exit_code)
 
 

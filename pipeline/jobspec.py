@@ -49,7 +49,8 @@ _LIST = ((list,), "a list of strings")
 SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     # what to read, render and write
     "input": _STR, "output": _STR, "template": _STR, "system": _STR, "messages_column": _STR,
-    "required_columns": _LIST, "column_prefix": _STR, "overwrite": _BOOL, "quiet": _BOOL, "progress_interval": _NUM,
+    "required_columns": _LIST, "column_prefix": _STR, "overwrite": _BOOL,
+    "state_dir": _STR, "cache": _BOOL, "cache_dir": _STR, "dedupe": _BOOL, "quiet": _BOOL, "progress_interval": _NUM,
     # where to send it
     "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
     "api_version": _STR, "deployment": _STR,
@@ -136,6 +137,10 @@ class Job:
     column_prefix: str = ""
     progress_interval_s: float = 30.0
     prices_file: Path | None = None
+    state_dir: Path | None = None
+    cache: bool = False
+    cache_dir: Path | None = None
+    dedupe: bool = True
     price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source: str = "command line"
 
@@ -184,7 +189,8 @@ def build_job(
         if value is not None:
             values[key], origin[key] = value, "--" + key.replace("_", "-")
     _check_keys(values, origin)
-    paths_from_file = {k for k in ("input", "output", "prices_file") if origin.get(k) == str(job_file)}
+    paths_from_file = {k for k in ("input", "output", "prices_file", "state_dir", "cache_dir")
+                       if origin.get(k) == str(job_file)}
     job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"), bool(api_key))
     if api_key:
         job = replace(job, endpoint=replace(job.endpoint, api_key=api_key))
@@ -271,6 +277,10 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         column_prefix=values.get("column_prefix", ""),
         progress_interval_s=float(values.get("progress_interval", 30.0)),
         prices_file=path("prices_file"),
+        state_dir=path("state_dir"),
+        cache=values.get("cache", False),
+        cache_dir=path("cache_dir") or _default_cache_dir(env),
+        dedupe=values.get("dedupe", True),
         price_overrides=values.get("prices", {}),
         source=source,
     )
@@ -308,6 +318,11 @@ def _chat_url(base_url: str, azure: bool, api_version: str | None, deployment: s
     if "/openai/deployments/" not in base_url:
         base_url = f"{base_url}/openai/deployments/{deployment}"
     return f"{base_url}/chat/completions?api-version={api_version}"
+
+
+def _default_cache_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+    return Path(base) / "chatbatch"
 
 
 def _is_loopback(host: str) -> bool:

@@ -23,7 +23,9 @@ import json
 import re
 from typing import Any, Iterable, Sequence
 
+from . import tokens
 from .errors import InputError
+from .records import STATUS_ERROR, RowResult, skipped_result
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}\"'\n:\s](?:[^{}\"'\n:]*[^{}\"'\n:\s])?)\}")
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -117,3 +119,70 @@ class BodyEncoder:
     def encode(self, messages: list[dict[str, Any]]) -> bytes:
         head = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
         return ('{"messages":' + head + self._tail).encode()
+
+
+class RowRenderer:
+    """Turns a record batch into, per row, ``(body, token_cost)`` or — when the row is not to be
+    sent — its result (skipped, or an unreadable messages cell)."""
+
+    def __init__(self, *, model: str, params: dict[str, Any], template: str | None, system: str | None,
+                 messages_column: str | None, required_columns: Sequence[str],
+                 max_output_tokens: int | None, choices: int) -> None:
+        self._encoder = BodyEncoder(model, params)
+        self._template = Template(template) if template else None
+        self._system = Template(system) if system else None
+        self._system_text = system
+        self._messages_column = messages_column
+        self._required = tuple(required_columns)
+        self._max_output, self._choices = max_output_tokens, choices
+
+    def render_batch(self, batch) -> list[RowResult | tuple[bytes, int]]:
+        rows = self._from_template(batch) if self._template is not None else self._from_column(batch)
+        if self._required:
+            required = [batch.column(name).to_pylist() for name in self._required]
+            for i, values in enumerate(zip(*required)):
+                if not isinstance(rows[i], RowResult) and any(is_blank((v,)) for v in values):
+                    rows[i] = skipped_result("a required column is empty: nothing to send")
+        out: list[RowResult | tuple[bytes, int]] = []
+        for messages in rows:
+            if isinstance(messages, RowResult):
+                out.append(messages)
+                continue
+            cost = tokens.request_token_cost(tokens.estimate_prompt_tokens(messages), self._max_output, self._choices)
+            out.append((self._encoder.encode(messages), cost))
+        return out
+
+    def _from_template(self, batch) -> list:
+        template, system = self._template, self._system
+        columns = [batch.column(name).to_pylist() for name in template.columns]
+        system_columns = [batch.column(n).to_pylist() for n in system.columns] if system else []
+        out: list = []
+        for i in range(batch.num_rows):
+            values = [column[i] for column in columns]
+            prompt = template.render_values(values)
+            if (columns and is_blank(values)) or not prompt.strip():
+                out.append(skipped_result("empty prompt: nothing to send"))
+                continue
+            messages = [{"role": "user", "content": prompt}]
+            if system is not None:
+                system_text = system.render_values([c[i] for c in system_columns])
+                if system_text.strip():
+                    messages.insert(0, {"role": "system", "content": system_text})
+            out.append(messages)
+        return out
+
+    def _from_column(self, batch) -> list:
+        out: list = []
+        for cell in batch.column(self._messages_column).to_pylist():
+            try:
+                messages = parse_messages(cell)
+            except ValueError as exc:
+                out.append(RowResult(status=STATUS_ERROR, error_type="invalid_messages", error_message=str(exc)))
+                continue
+            if messages is None:
+                out.append(skipped_result("empty messages: nothing to send"))
+                continue
+            if self._system_text:
+                messages.insert(0, {"role": "system", "content": self._system_text})
+            out.append(messages)
+        return out

@@ -5,7 +5,8 @@ Nothing here talks to the network or touches a table; these are plain data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 STATUS_OK = "ok"
@@ -50,6 +51,7 @@ class RowResult:
     http_status: int | None = None
     cost_usd: Decimal | None = None
     latency_s: float | None = None
+    cached: bool = False  # answered from an identical request's reply: nothing new was billed
 
 
 def skipped_result(reason: str) -> RowResult:
@@ -59,3 +61,32 @@ def skipped_result(reason: str) -> RowResult:
 def not_sent_result(reason: str) -> RowResult:
     """A row the run never sent because it stopped first (abort or interrupt)."""
     return RowResult(status=STATUS_ERROR, error_type="not_sent", error_message=reason)
+
+
+def reused_result(result: RowResult) -> RowResult:
+    """A copy of ``result`` for another row that asked the identical request: costs nothing new."""
+    return replace(result, cached=True, cost_usd=Decimal(0) if result.completion else None,
+                   attempts=0, latency_s=None)
+
+
+def result_to_json(result: RowResult) -> str:
+    """A compact, lossless JSON form of a result, for the resume journal and the response cache."""
+    c = result.completion
+    completion = None if c is None else [
+        list(c.replies), list(c.finish_reasons), c.refusal, c.model, c.response_id,
+        c.system_fingerprint, c.http_status,
+        [c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.total_tokens,
+         c.usage.cached_tokens, c.usage.reasoning_tokens]]
+    return json.dumps([result.status, result.attempts, completion, result.error_type, result.error_message,
+                       result.http_status, None if result.cost_usd is None else str(result.cost_usd),
+                       result.latency_s, result.cached], ensure_ascii=False, separators=(",", ":"))
+
+
+def result_from_json(text: str | bytes) -> RowResult:
+    status, attempts, c, error_type, error_message, http_status, cost, latency, cached = json.loads(text)
+    completion = None if c is None else Completion(
+        replies=tuple(c[0]), finish_reasons=tuple(c[1]), refusal=c[2], model=c[3], response_id=c[4],
+        system_fingerprint=c[5], http_status=c[6], usage=Usage(*c[7]))
+    return RowResult(status=status, attempts=attempts, completion=completion, error_type=error_type,
+                     error_message=error_message, http_status=http_status,
+                     cost_usd=None if cost is None else Decimal(cost), latency_s=latency, cached=cached)

@@ -9,15 +9,19 @@
     print(report.summary["cost_usd"], report.exit_code)
 
 Order of work: open the input (a streaming pass for CSV/JSONL), check that every column the job
-names exists, that the output can be written and its columns do not clash — all before the first
-request, so a bad job costs nothing. Then run, write ``<output>`` and ``<output>.summary.json``
-atomically, and report. An unexpected error removes the temporary file and leaves any previous
-output untouched.
+names exists, that the output can be written and its columns do not clash, and open (and lock) the
+job's resume state — all before the first request, so a bad job costs nothing. Then run, write
+``<output>`` and ``<output>.summary.json`` atomically, and report. An unexpected error removes the
+temporary file and leaves any previous output untouched; finished rows stay in the journal.
+
+Rerunning the same job resumes from its state (see :mod:`pipeline.state`): an output written by an
+earlier run of the same job is replaced without ``--overwrite``, since it is that run's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -39,12 +43,16 @@ from .pricing import PriceTable, load_prices
 from .progress import Progress
 from .prompts import Template
 from .runner import Runner, Seams
-from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema
-from .sources import Source, open_source
+from .cache import ResponseCache
+from .runner import Reuse
+from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema, remove_stale_temp
+from .sources import Source, file_digest, open_source
+from .state import StateStore, open_state
 from .summary import Tally, to_json
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_BAD_JOB, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
+GRACE_S = 10.0  # how long in-flight requests may finish after Ctrl-C / SIGTERM
 REAL_SEAMS = Seams(clock=time.monotonic, sleep=asyncio.sleep, random=random.random)
 
 
@@ -59,16 +67,37 @@ class RunReport:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A job checked against its input, ready to run."""
+    """A job checked against its input, its state opened and locked, ready to run."""
 
     job: Job
     source: Source
     prices: PriceTable
     warnings: tuple[str, ...]
+    store: StateStore | None = None
+    notes: tuple[str, ...] = ()
 
 
-def prepare(job: Job) -> Prepared:
-    """Every check that needs no request; raises JobError (exit 2) on the first problem."""
+def state_dir(job: Job) -> Path:
+    return job.state_dir or job.output_path.with_name(job.output_path.name + ".state")
+
+
+def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
+    """What makes the job's requests what they are; a change means old replies no longer fit."""
+    def digest(value: Any) -> str:
+        return hashlib.blake2b(json.dumps(value, sort_keys=True).encode(), digest_size=12).hexdigest()
+    return {
+        "model": job.model, "endpoint": job.endpoint.url, "parameters": digest(dict(job.params)),
+        "template": digest(job.template), "system prompt": digest(job.system),
+        "messages_column": str(job.messages_column), "required_columns": digest(list(job.required_columns)),
+        "input content": input_digest,
+    }
+
+
+def prepare(job: Job, *, fresh: bool = False, use_state: bool = True) -> Prepared:
+    """Every check that needs no request; raises JobError (exit 2) on the first problem.
+
+    With ``use_state`` the job's state is opened and locked: call :func:`release` (run_job does).
+    """
     source = open_source(job.input_path)
     if job.template is not None:
         Template(job.template).check_columns(source.columns)
@@ -81,13 +110,26 @@ def prepare(job: Job) -> Prepared:
             raise InputError(f"{what} names column {missing[0]!r}, which the input lacks; "
                              f"the input's columns are: {', '.join(source.columns)}")
     output_schema(source.schema, job.column_prefix, job.choices_per_request)
-    check_output(job.output_path, job.overwrite)
     prices = load_prices(job.prices_file, job.price_overrides)
-    warnings = []
+    warnings, notes = [], []
     if prices.resolve(job.model) is None:
         warnings.append(f"no price known for model {job.model!r}: cost_usd will be null (unknown); "
                         "add it with a [prices] table or prices_file")
-    return Prepared(job, source, prices, tuple(warnings))
+    if not use_state:
+        check_output(job.output_path, job.overwrite)
+        return Prepared(job, source, prices, tuple(warnings))
+    store = open_state(state_dir(job), fingerprint(job, file_digest(job.input_path)), fresh=fresh)
+    try:
+        check_output(job.output_path, job.overwrite or store.resumed)
+        remove_stale_temp(job.output_path)
+        store.begin()
+    except BaseException:
+        store.close()
+        raise
+    if store.resumed:
+        notes.append(f"resuming: {store.rows_done():,} of {source.num_rows:,} rows already finished "
+                     f"(state in {store.directory}); they will not be sent again")
+    return Prepared(job, source, prices, tuple(warnings), store, tuple(notes))
 
 
 async def run_job(
@@ -98,21 +140,34 @@ async def run_job(
     seams: Seams = REAL_SEAMS,
     progress_mode: str = "quiet",
     handle_signals: bool = False,
+    fresh: bool = False,
+    retry_errors: bool = False,
 ) -> RunReport:
     """Run ``job`` end to end and return its report (the summary and the exit code)."""
-    prepared = prepared or prepare(job)
+    prepared = prepared or prepare(job, fresh=fresh)
+    try:
+        return await _run_prepared(job, prepared, http, seams, progress_mode, handle_signals, retry_errors)
+    finally:
+        if prepared.store is not None:
+            prepared.store.close()
+
+
+async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signals, retry_errors) -> RunReport:
     source = prepared.source
     tally = Tally(rows_total=source.num_rows)
     schema = output_schema(source.schema, job.column_prefix, job.choices_per_request)
     own_http = http is None
     http = http or make_http_client(job.limits.concurrency, job.limits.timeout_s)
     sink = ParquetSink(job.output_path, schema, job.choices_per_request)
+    cache = ResponseCache(job.cache_dir) if job.cache and job.cache_dir else None
+    reuse = Reuse(store=prepared.store, cache=cache, retry_errors=retry_errors, dedupe=job.dedupe)
     runner = Runner(job, source, sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
-                    prepared.prices, tally, seams)
+                    prepared.prices, tally, seams, reuse)
     progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s)
     started_at, started = _now(), seams.clock()
     ticker = asyncio.create_task(progress.run())
-    undo_signals = _install_signals(runner) if handle_signals else (lambda: None)
+    grace_s = min(job.limits.timeout_s, GRACE_S)
+    undo_signals = _install_signals(runner, grace_s) if handle_signals else (lambda: None)
     try:
         await runner.run()
     except BaseException:
@@ -122,6 +177,8 @@ async def run_job(
         undo_signals()
         ticker.cancel()
         progress.close()
+        if cache is not None:
+            cache.close()
         if own_http:
             await http.aclose()
     exit_code = _exit_code(runner, tally)
@@ -131,6 +188,8 @@ async def run_job(
     sink.commit({SUMMARY_KEY: text.encode()})
     summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
     _write_atomically(summary_path, text)
+    if prepared.store is not None:
+        prepared.store.set_meta({"complete": "true" if not runner.stopping else "false"})
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
 
 
@@ -150,6 +209,7 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
         "started_at": started_at,
         "finished_at": _now(),
         "requests_sent": runner.requests_sent,
+        "state_dir": str(prepared.store.directory) if prepared.store else None,
         "exit_code": exit_code,
         "stopped": runner.stop_reason,
         "prices_as_of": prepared.prices.as_of,
@@ -157,11 +217,19 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
     }
 
 
-def _install_signals(runner: Runner) -> Callable[[], None]:
+def _install_signals(runner: Runner, grace_s: float) -> Callable[[], None]:
+    """SIGINT/SIGTERM stop dispatching; in-flight requests get ``grace_s``, a second signal none."""
     loop = asyncio.get_running_loop()
     names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+    def on_signal(reason: str) -> None:
+        first = not runner.stopping
+        runner.request_stop(reason)
+        if first:
+            loop.call_later(grace_s, lambda: runner.request_stop(reason))
+
     for signum, reason in names.items():
-        loop.add_signal_handler(signum, runner.request_stop, reason)
+        loop.add_signal_handler(signum, on_signal, reason)
 
     def undo() -> None:
         for signum in names:

@@ -2,44 +2,49 @@
 
 ::
 
-    source ──batches──▶ producer ──(bounded work queue)──▶ N workers ──▶ slots of PendingBatch
-                            │                                               │
+    source ──batches──▶ producer ──(bounded work queue)──▶ N workers ──▶ journal, then PendingBatch
+                            │                                                   │
                             └──(bounded window of PendingBatch, in order)──▶ writer ──▶ ParquetSink
 
-* The producer reads the input in record batches, renders each row into a request body (or an
-  immediate ``skipped``/``error`` result), registers the batch with the writer, then feeds the work
-  queue. There is no task per row: the queue holds at most ``2 × concurrency`` requests and the
-  writer's window a bounded number of rows, so memory stays flat however long the input.
-* Each worker takes a request and runs it through :func:`pipeline.retry.call_with_retries`; every
-  attempt first passes the :class:`~pipeline.ratelimit.RateBudget`. A 429 pauses the budget for the
-  whole run.
+* The producer reads the input in record batches and settles every row it can without a request:
+  skipped rows, rows the resume journal already holds, and rows whose identical request was already
+  answered (in this run, or in the opt-in cross-run cache). Identical requests still in flight get
+  the leader's reply when it comes. The rest go to the work queue. There is no task per row: the
+  queue holds at most ``2 × concurrency`` requests and the writer's window a bounded number of rows,
+  so memory stays flat however long the input.
+* Each worker runs one request through :func:`pipeline.retry.call_with_retries`; every attempt first
+  passes the :class:`~pipeline.ratelimit.RateBudget`, and a 429 pauses the budget for the whole run.
+  A finished row is journaled (group commit) before the worker takes another request, so a SIGKILL
+  leaves at most ``concurrency`` sent-but-unrecorded requests.
 * The writer waits for batches to complete in input order and appends them to the sink.
 
-Stopping: a fatal error (401/403, insufficient quota) or :meth:`Runner.request_stop` (a signal) stops
-dispatching at once. Requests in flight finish (a second stop request cancels them); every row not
-sent is written with status ``error`` and error_type ``not_sent``, so the output still has one row
-per input row. The caller decides whether to commit the output.
+Stopping: a fatal error (401/403, insufficient quota, a job failing every row the same way) or
+:meth:`Runner.request_stop` (a signal) stops dispatching at once. Requests in flight finish (a second
+stop request cancels them); every row not sent is written with status ``error`` and error_type
+``not_sent``, so the output still has one row per input row; a rerun sends those rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable
 
 import pyarrow as pa
 
-from . import prompts, tokens
+from .cache import ResponseCache, request_digest
 from .client import ChatClient
 from .errors import NotSent, RateLimited, RequestFailed, RowRejected
 from .jobspec import Job
 from .pricing import PriceTable
+from .prompts import RowRenderer
 from .ratelimit import RateBudget
-from .records import STATUS_ERROR, STATUS_OK, Completion, RowResult, not_sent_result, skipped_result
+from .records import STATUS_ERROR, STATUS_OK, Completion, RowResult, not_sent_result, reused_result
 from .retry import call_with_retries
 from .sinks import ParquetSink
 from .sources import Source
+from .state import StateStore, journaled
 from .summary import Tally
 
 CHUNK_ROWS = 1024
@@ -52,6 +57,7 @@ FAIL_FAST_ROWS = 20  # this many identical 4xx row errors before any success sto
 class PendingBatch:
     """One input batch waiting for its rows' results."""
 
+    start: int
     batch: pa.RecordBatch
     results: list[RowResult | None]
     remaining: int
@@ -73,11 +79,21 @@ class Seams:
     random: Callable[[], float]
 
 
+@dataclass(frozen=True)
+class Reuse:
+    """Where rows may be settled without a request."""
+
+    store: StateStore | None = None
+    cache: ResponseCache | None = None
+    retry_errors: bool = False
+    dedupe: bool = True
+
+
 class Runner:
     def __init__(self, job: Job, source: Source, sink: ParquetSink, client: ChatClient,
-                 prices: PriceTable, tally: Tally, seams: Seams) -> None:
+                 prices: PriceTable, tally: Tally, seams: Seams, reuse: Reuse = Reuse()) -> None:
         self.job, self.source, self.sink, self.client = job, source, sink, client
-        self.prices, self.tally, self.seams = prices, tally, seams
+        self.prices, self.tally, self.seams, self.reuse = prices, tally, seams, reuse
         self.budget = RateBudget(job.limits.requests_per_minute, job.limits.tokens_per_minute,
                                  clock=seams.clock, sleep=self._sleep)
         self.stop_reason: str | None = None
@@ -87,10 +103,13 @@ class Runner:
         self._workers: list[asyncio.Task] = []
         self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
         self._cancelled: set[asyncio.Task] = set()  # workers we cancelled on purpose
+        self._followers: dict[bytes, list[tuple[PendingBatch, int]]] = {}  # in-flight digest -> waiting rows
         self._leading_failures: dict[tuple, int] | None = {}  # None once a row succeeded
-        self._encoder = prompts.BodyEncoder(job.model, dict(job.params))
-        self._template = prompts.Template(job.template) if job.template else None
-        self._system = prompts.Template(job.system) if job.system else None
+        self._url = str(job.endpoint.url)
+        self._renderer = RowRenderer(
+            model=job.model, params=dict(job.params), template=job.template, system=job.system,
+            messages_column=job.messages_column, required_columns=job.required_columns,
+            max_output_tokens=job.max_output_tokens, choices=job.choices_per_request)
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -138,92 +157,81 @@ class Runner:
 
     async def _produce(self, work: asyncio.Queue, window: asyncio.Queue) -> None:
         batches = self.source.batches(CHUNK_ROWS)
+        start = 0
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
-            prepared = self._prepare(batch)
-            pending = PendingBatch(batch, [None] * batch.num_rows, batch.num_rows)
+            pending = PendingBatch(start, batch, [None] * batch.num_rows, batch.num_rows)
+            start += batch.num_rows
             await window.put(pending)
-            for index, item in enumerate(prepared):
-                if isinstance(item, RowResult):
+            done = self._journaled(pending)
+            for index, item in enumerate(self._renderer.render_batch(batch)):
+                if index in done:
+                    self.tally.resumed += 1
+                    self._deliver(pending, index, done[index])
+                elif isinstance(item, RowResult):
                     self._deliver(pending, index, item)
                 elif self.stopping:
                     self._deliver(pending, index, not_sent_result(self._not_sent_reason()))
-                else:
-                    await work.put((pending, index, item[0], item[1]))
+                elif (digest := self._settle_from_reuse(pending, index, item[0])) is not None:
+                    await work.put((pending, index, item[0], item[1], digest))
 
-    def _prepare(self, batch: pa.RecordBatch) -> list[RowResult | tuple[bytes, int]]:
-        """Each row as (body, token cost) or, when it is not to be sent, its result."""
-        if self._template is not None:
-            rows = self._rendered_messages(batch)
-        else:
-            rows = self._column_messages(batch)
-        if self.job.required_columns:
-            required = [batch.column(name).to_pylist() for name in self.job.required_columns]
-            for i, values in enumerate(zip(*required)):
-                if not isinstance(rows[i], RowResult) and any(prompts.is_blank([v]) for v in values):
-                    rows[i] = skipped_result("a required column is empty: nothing to send")
-        max_output, choices = self.job.max_output_tokens, self.job.choices_per_request
-        prepared: list[RowResult | tuple[bytes, int]] = []
-        for messages in rows:
-            if isinstance(messages, RowResult):
-                prepared.append(messages)
-                continue
-            cost = tokens.request_token_cost(tokens.estimate_prompt_tokens(messages), max_output, choices)
-            prepared.append((self._encoder.encode(messages), cost))
-        return prepared
+    def _journaled(self, pending: PendingBatch) -> dict[int, RowResult]:
+        store = self.reuse.store
+        if store is None or not store.resumed:
+            return {}
+        rows = store.results_between(pending.start, pending.start + pending.batch.num_rows,
+                                     self.reuse.retry_errors)
+        return {idx - pending.start: result for idx, result in rows.items()}
 
-    def _rendered_messages(self, batch: pa.RecordBatch) -> list:
-        template = self._template
-        columns = [batch.column(name).to_pylist() for name in template.columns]
-        system_columns = [batch.column(n).to_pylist() for n in self._system.columns] if self._system else []
-        out: list = []
-        for i in range(batch.num_rows):
-            values = [column[i] for column in columns]
-            prompt = template.render_values(values)
-            if (columns and prompts.is_blank(values)) or not prompt.strip():
-                out.append(skipped_result("empty prompt: nothing to send"))
-                continue
-            messages = [{"role": "user", "content": prompt}]
-            if self._system is not None:
-                system = self._system.render_values([c[i] for c in system_columns])
-                if system.strip():
-                    messages.insert(0, {"role": "system", "content": system})
-            out.append(messages)
-        return out
-
-    def _column_messages(self, batch: pa.RecordBatch) -> list:
-        out: list = []
-        system = self.job.system
-        for cell in batch.column(self.job.messages_column).to_pylist():
-            try:
-                messages = prompts.parse_messages(cell)
-            except ValueError as exc:
-                out.append(RowResult(status=STATUS_ERROR, error_type="invalid_messages", error_message=str(exc)))
-                continue
-            if messages is None:
-                out.append(skipped_result("empty messages: nothing to send"))
-                continue
-            if system:
-                messages.insert(0, {"role": "system", "content": system})
-            out.append(messages)
-        return out
+    def _settle_from_reuse(self, pending: PendingBatch, index: int, body: bytes) -> bytes | None:
+        """Settle the row from an identical request if possible; else return its digest (send it)."""
+        digest = request_digest(self._url, body)
+        if not self.reuse.dedupe:
+            return digest
+        if digest in self._followers:
+            self._followers[digest].append((pending, index))
+            return None
+        store, cache = self.reuse.store, self.reuse.cache
+        earlier = (store.find_reply(digest) if store else None) or (cache.get(digest) if cache else None)
+        if earlier is not None:
+            result = reused_result(earlier)
+            if store is not None:
+                store.record_nowait(pending.start + index, digest, result)
+            self._deliver(pending, index, result)
+            return None
+        self._followers[digest] = []
+        return digest
 
     async def _worker(self, work: asyncio.Queue) -> None:
         task = asyncio.current_task()
         while (item := await work.get()) is not None:
-            pending, index, body, token_cost = item
+            pending, index, body, token_cost, digest = item
             if self.stopping:
-                self._deliver(pending, index, not_sent_result(self._not_sent_reason()))
-                continue
-            try:
-                result = await self._process(body, token_cost)
-            except asyncio.CancelledError:
-                if task not in self._cancelled:
-                    raise
-                self._cancelled.discard(task)
-                task.uncancel()
-                result = not_sent_result("cancelled while waiting or in flight after the run was "
-                                         "stopped (if it was in flight, it may have been billed)")
-            self._deliver(pending, index, result)
+                result = not_sent_result(self._not_sent_reason())
+            else:
+                try:
+                    result = await self._process(body, token_cost)
+                except asyncio.CancelledError:
+                    if task not in self._cancelled:
+                        raise
+                    self._cancelled.discard(task)
+                    task.uncancel()
+                    result = not_sent_result("cancelled while waiting or in flight after the run was "
+                                             "stopped (if it was in flight, it may have been billed)")
+            await self._finish(pending, index, digest, result)
+
+    async def _finish(self, pending: PendingBatch, index: int, digest: bytes, result: RowResult) -> None:
+        """Journal the row (before this worker sends anything else), then deliver it and its followers."""
+        store, cache = self.reuse.store, self.reuse.cache
+        if store is not None and journaled(result):
+            await store.record(pending.start + index, digest, result)
+        if cache is not None and result.status == STATUS_OK:
+            cache.put(digest, result)
+        self._deliver(pending, index, result)
+        for follower, follower_index in self._followers.pop(digest, ()):
+            copy = reused_result(result) if result.status == STATUS_OK else replace(result, attempts=0)
+            if store is not None and journaled(copy):
+                store.record_nowait(follower.start + follower_index, digest, copy)
+            self._deliver(follower, follower_index, copy)
 
     async def _attempt(self, body: bytes, token_cost: int, latency: list) -> Completion:
         """One attempt: wait for the budget, then send. A 429 pauses the whole run."""
@@ -302,7 +310,6 @@ class Runner:
         while (pending := await window.get()) is not None:
             await pending.done.wait()
             await asyncio.to_thread(self.sink.write, pending.batch, pending.results)
-
 
 
 def _failed(failure: RequestFailed, attempts: int, latency_s: float | None) -> RowResult:

@@ -41,6 +41,7 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("cost_usd", pa.float64()),
     ("latency_s", pa.float64()),
     ("attempts", pa.int64()),
+    ("cached", pa.bool_()),
 )
 LIST_COLUMNS = (("replies", pa.list_(pa.string())), ("finish_reasons", pa.list_(pa.string())))
 SUMMARY_KEY = b"chatbatch.summary"
@@ -103,7 +104,7 @@ def result_arrays(results: Sequence[RowResult], choices: int) -> list[pa.Array]:
             u.prompt_tokens if u else None, u.completion_tokens if u else None,
             u.total_tokens if u else None, u.cached_tokens if u else None,
             u.reasoning_tokens if u else None,
-            None if r.cost_usd is None else float(r.cost_usd), r.latency_s, r.attempts,
+            None if r.cost_usd is None else float(r.cost_usd), r.latency_s, r.attempts, r.cached,
         )
         if choices > 1:
             values += (list(c.replies) if c else None, list(c.finish_reasons) if c else None)
@@ -143,6 +144,24 @@ class ParquetSink:
             self._writer.close()
         finally:
             self.tmp_path.unlink(missing_ok=True)
+
+
+def remove_stale_temp(path: Path) -> None:
+    """Remove temporary files a killed run left beside ``path`` (their process is gone)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_summary_metadata(path: Path) -> bytes | None:

@@ -12,6 +12,7 @@ compressed (``.gz``, ``.bz2``, ``.zst``).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -61,6 +62,18 @@ class Source:
             yield from _open_csv(self.path, self._csv_types)
         else:
             yield from _open_jsonl(self.path)
+
+
+def file_digest(path: Path) -> str:
+    """A hex digest of the file's bytes: the input's part of a job's fingerprint."""
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(BLOCK_BYTES):
+                digest.update(chunk)
+    except OSError as exc:
+        raise InputError(f"cannot read input {path}: {exc.strerror}") from exc
+    return digest.hexdigest()
 
 
 def input_format(path: Path) -> str:

@@ -4,6 +4,10 @@
 counts into a JSON-ready dict, which is printed as a table (:func:`format_summary`), written beside
 the output as ``<output>.summary.json`` and stored in the Parquet file's key-value metadata.
 
+Rows answered from an identical request (``cached``) count apart and add no tokens or cost: they
+were billed once, on the row that sent the request. Rows resumed from an earlier run's journal count
+in full — the summary describes the whole output, and says how many rows were resumed.
+
 Costs add up in Decimal from exact per-row costs. Rows whose model has no known price make that
 model's cost, and the total, ``null`` — with ``cost_usd_known`` giving the part that is known.
 """
@@ -38,6 +42,8 @@ class Tally:
     error_types: Counter = field(default_factory=Counter)
     models: dict[str, ModelTally] = field(default_factory=dict)
     refusals: int = 0
+    resumed: int = 0  # rows taken from the resume journal (billed by an earlier run)
+    cached: int = 0  # rows answered by an identical request's reply (billed once, elsewhere)
     retries: int = 0
     rate_limited: int = 0
     cost_known_usd: Decimal = Decimal(0)
@@ -57,6 +63,9 @@ class Tally:
         if result.error_type and result.status == STATUS_ERROR:
             self.error_types[result.error_type] += 1
         completion = result.completion
+        if result.cached:
+            self.cached += 1
+            return
         if completion is None:
             return
         if completion.refusal:
@@ -88,6 +97,8 @@ class Tally:
             "error": self.statuses[STATUS_ERROR],
             "skipped": self.statuses[STATUS_SKIPPED],
             "refusals": self.refusals,
+            "cached_rows": self.cached,
+            "resumed_rows": self.resumed,
             "error_types": dict(self.error_types.most_common()),
             **{k: sum(m.tokens[k] for m in self.models.values()) for k in TOKEN_FIELDS},
             "total_tokens": self.tokens_total,
@@ -109,6 +120,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"rows       {summary['rows']:>12,}   ok {summary['ok']:,}  error {summary['error']:,}  "
         f"skipped {summary['skipped']:,}" + (f"  refusals {summary['refusals']:,}" if summary.get("refusals") else ""),
+        f"reused     cached {summary.get('cached_rows', 0):,} (identical requests, billed once)  "
+        f"resumed {summary.get('resumed_rows', 0):,} (finished by an earlier run)",
         f"tokens     prompt {summary['prompt_tokens']:,} (cached {summary['cached_tokens']:,})  "
         f"completion {summary['completion_tokens']:,} (reasoning {summary['reasoning_tokens']:,})",
     ]

@@ -169,7 +169,8 @@ def test_auth_failure_aborts_keeps_every_row_and_hides_the_key(tmp_path):
 
 def test_unknown_model_price_is_null_and_summary_says_unknown(tmp_path):
     job = make_job(tmp_path, ["a"], model="my-local-model")
-    assert prepare(job).warnings and "my-local-model" in prepare(job).warnings[0]
+    warnings = prepare(job, use_state=False).warnings
+    assert warnings and "my-local-model" in warnings[0]
 
     def handler(request):
         body = completion("x")

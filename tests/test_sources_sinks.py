@@ -100,5 +100,5 @@ def test_result_arrays_carry_every_field():
                                       latency_s=0.5)], 2)
     values = [a.to_pylist()[0] for a in arrays]
     assert values == ["a", "stop", None, "ok", None, None, 200, "m", "id1", "fp", 10, 2, 12, 4, 1, None,
-                      0.5, 1, ["a", "b"], ["stop", "length"]]
+                      0.5, 1, False, ["a", "b"], ["stop", "length"]]
     assert json.dumps(values)  # plain values, nothing exotic

@@ -1,0 +1,200 @@
+"""A job's resume state: a SQLite journal of finished rows, its fingerprint, and a lock.
+
+The state lives in ``<output>.state/`` beside the output (or ``state_dir``)::
+
+    journal.sqlite   rows(idx, status, req_hash, result) and meta(key, value)
+    lock             held (flock) by the run using the state; names its pid
+
+Every finished row is journaled *before its worker may send another request*: :meth:`record` is
+a group commit — the results that arrive in one event-loop turn are written in one transaction
+(WAL, ``synchronous=OFF``: a committed transaction survives the process being killed; only an
+operating-system crash can lose the last moments). So a run killed with SIGKILL at any moment has
+at most ``concurrency`` requests that were sent but not journaled, and a rerun re-sends only those.
+
+A rerun of the same job resumes: journaled rows are taken from here, the rest are sent. The
+journal holds ok rows and row errors; rows that were never sent, or that failed because the run was
+refused (auth, quota), are not journaled and are sent again. ``retry_errors`` re-sends row errors.
+
+The fingerprint (model, endpoint, parameters, templates, input content) guards against mixing old
+and new replies: when it changed and the old run was unfinished, :func:`open_state` refuses, naming
+what changed, unless ``fresh``. When the old run had finished, a changed job simply starts afresh
+(the nightly job with a new day's input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .errors import ChatbatchError, JobError
+from .records import STATUS_ERROR, STATUS_OK, RowResult, result_from_json, result_to_json
+
+NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota"}
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rows(idx INTEGER PRIMARY KEY, status TEXT NOT NULL, req_hash BLOB,
+                                result TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS rows_by_request ON rows(req_hash);
+"""
+
+
+class StateError(ChatbatchError):
+    """The state store could not be written (disk full, permissions)."""
+
+
+def journaled(result: RowResult) -> bool:
+    """Whether a finished row belongs in the journal (a rerun must not send it again)."""
+    return result.status == STATUS_OK or (result.status == STATUS_ERROR and result.error_type not in NOT_JOURNALED)
+
+
+class StateStore:
+    """An opened, locked state. Use :func:`open_state`."""
+
+    def __init__(self, directory: Path, db: sqlite3.Connection, lock_fd: int, resumed: bool) -> None:
+        self.directory = directory
+        self.resumed = resumed  # a previous run of this same job left rows here
+        self._begin: Mapping[str, str] | None = None  # fingerprint to write when the run begins
+        self._reset = False
+        self._db = db
+        self._lock_fd = lock_fd
+        self._pending: list[tuple] = []
+        self._flushed: asyncio.Future | None = None
+
+    # -- reading ----------------------------------------------------------------------------
+    def rows_done(self) -> int:
+        return self._db.execute("SELECT count(*) FROM rows").fetchone()[0]
+
+    def results_between(self, start: int, stop: int, retry_errors: bool = False) -> dict[int, RowResult]:
+        """Journaled results of rows ``start <= idx < stop`` (row errors left out with retry_errors)."""
+        query = "SELECT idx, result FROM rows WHERE idx >= ? AND idx < ?"
+        if retry_errors:
+            query += " AND status = 'ok'"
+        return {idx: result_from_json(text) for idx, text in self._db.execute(query, (start, stop))}
+
+    def find_reply(self, req_hash: bytes) -> RowResult | None:
+        """An ok result journaled for an identical request, if any."""
+        row = self._db.execute("SELECT result FROM rows WHERE req_hash = ? AND status = 'ok' LIMIT 1",
+                               (req_hash,)).fetchone()
+        return result_from_json(row[0]) if row else None
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- writing ----------------------------------------------------------------------------
+    async def record(self, idx: int, req_hash: bytes | None, result: RowResult) -> None:
+        """Journal a finished row; returns once it is committed (group commit)."""
+        self.record_nowait(idx, req_hash, result)
+        await asyncio.shield(self._flushed)
+
+    def record_nowait(self, idx: int, req_hash: bytes | None, result: RowResult) -> None:
+        """Journal a row in the next commit without waiting for it."""
+        self._pending.append((idx, result.status, req_hash, result_to_json(result)))
+        if self._flushed is None:
+            loop = asyncio.get_running_loop()
+            self._flushed = loop.create_future()
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        pending, flushed = self._pending, self._flushed
+        self._pending, self._flushed = [], None
+        try:
+            if pending:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)", pending)
+        except sqlite3.Error as exc:
+            error = StateError(f"cannot write the resume journal in {self.directory}: {exc}")
+            if flushed is not None and not flushed.done():
+                flushed.set_exception(error)
+                flushed.exception()  # retrieved here too, so an unawaited batch logs nothing
+                return
+            raise error from exc
+        if flushed is not None and not flushed.done():
+            flushed.set_result(None)
+
+    def begin(self) -> None:
+        """Commit to this run: clear a stale or discarded journal and record the fingerprint.
+
+        Separate from :func:`open_state` so that a job refused by a later check leaves the state
+        as it was.
+        """
+        if self._reset:
+            with self._db:
+                self._db.execute("DELETE FROM rows")
+                self._db.execute("DELETE FROM meta")
+        if self._begin is not None:
+            self.set_meta({"fingerprint": json.dumps(dict(self._begin), sort_keys=True), "complete": "false"})
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._db.close()
+            os.close(self._lock_fd)
+
+
+def open_state(directory: Path, fingerprint: Mapping[str, str], *, fresh: bool = False) -> StateStore:
+    """Open (creating) and lock the state in ``directory`` for a job with ``fingerprint``.
+
+    Nothing is written until :meth:`StateStore.begin`.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(directory / "lock")
+    except OSError as exc:
+        raise JobError(f"cannot use the state folder {directory}: {exc.strerror}") from exc
+    try:
+        db = sqlite3.connect(directory / "journal.sqlite", isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        db.executescript(_SCHEMA)
+        db.isolation_level = ""  # "with db:" now wraps each batch in one transaction
+        store = StateStore(directory, db, lock_fd, resumed=False)
+        previous = json.loads(store.meta("fingerprint") or "null")
+        changed = _changes(previous, fingerprint)
+        if previous is not None and changed and store.meta("complete") != "true" and not fresh:
+            done = store.rows_done()
+            raise JobError(
+                f"the job changed since its unfinished run ({', '.join(changed)} changed) and "
+                f"{done:,} finished rows in {directory} would be mixed with new replies; rerun with "
+                "--fresh to discard them and start over, or restore the job as it was")
+        store._reset = bool(fresh or changed)
+        store._begin = fingerprint
+        store.resumed = previous is not None and not store._reset
+        return store
+    except sqlite3.Error as exc:
+        os.close(lock_fd)
+        raise JobError(f"the state in {directory} is unreadable ({exc}); remove the folder or pass --fresh") from exc
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise JobError(f"another chatbatch run (pid {holder}) is using the state in {path.parent}; "
+                       "wait for it to finish, or stop it, before running this job again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _changes(previous: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
+    if previous is None:
+        return []
+    keys: Iterable[str] = sorted(set(previous) | set(current))
+    return [key for key in keys if previous.get(key) != current.get(key)]
