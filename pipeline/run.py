@@ -120,7 +120,9 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True) -> Prepare
         return Prepared(job, source, prices, tuple(warnings))
     store = open_state(state_dir(job), fingerprint(job, file_digest(job.input_path)), fresh=fresh)
     try:
-        check_output(job.output_path, job.overwrite or store.resumed)
+        # an output from an earlier run of this job's state is its own: resuming, or starting it
+        # afresh on purpose, replaces it; anything else needs --overwrite
+        check_output(job.output_path, job.overwrite or store.resumed or (fresh and store.had_state))
         remove_stale_temp(job.output_path)
         store.begin()
     except BaseException:

@@ -58,6 +58,7 @@ class StateStore:
     def __init__(self, directory: Path, db: sqlite3.Connection, lock_fd: int, resumed: bool) -> None:
         self.directory = directory
         self.resumed = resumed  # a previous run of this same job left rows here
+        self.had_state = False  # some earlier run used this state (and wrote the output there)
         self._begin: Mapping[str, str] | None = None  # fingerprint to write when the run begins
         self._reset = False
         self._db = db
@@ -170,6 +171,7 @@ def open_state(directory: Path, fingerprint: Mapping[str, str], *, fresh: bool =
         store._reset = bool(fresh or changed)
         store._begin = fingerprint
         store.resumed = previous is not None and not store._reset
+        store.had_state = previous is not None
         return store
     except sqlite3.Error as exc:
         os.close(lock_fd)
