@@ -26,7 +26,7 @@ import click
 from .client import redact
 from .errors import ChatbatchError, JobError
 from .jobspec import build_job
-from .run import EXIT_ABORTED, EXIT_BAD_JOB, prepare, read_summary, run_job
+from .run import EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, prepare, read_summary, run_job
 from .summary import format_summary
 
 EXIT_INTERNAL = 4
@@ -166,6 +166,8 @@ def run(job_file: Path | None, **options: Any) -> None:
                                      retry_errors=retry_errors))
     except JobError as exc:
         _fail(str(exc), EXIT_BAD_JOB, api_key)
+    except KeyboardInterrupt:
+        _fail("interrupted before the run started: nothing was sent", EXIT_INTERRUPTED, api_key)
     except ChatbatchError as exc:
         _fail(str(exc), EXIT_ABORTED, api_key)
     except Exception as exc:  # the CLI boundary: never show a traceback that could hold secrets
@@ -175,8 +177,8 @@ def run(job_file: Path | None, **options: Any) -> None:
         click.echo(format_summary(summary))
         click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
     if report.exit_code == EXIT_ABORTED:
-        error_type = next(iter(summary["error_types"]), "")
-        advice = ABORT_ADVICE.get(error_type, "no retry can fix this: correct the job and run it again")
+        advice = ABORT_ADVICE.get(summary.get("stopped_by") or "",
+                                  "no retry can fix this: correct the job and run it again")
         click.echo(redact(f"chatbatch: run aborted: {summary['stopped']}\n  what to do: {advice}.\n"
                           f"  Rows finished before the stop were written to {report.output_path}; rows "
                           "not sent have error_type 'not_sent'. Run the same command again to resume: "

@@ -52,9 +52,9 @@ class ChatClient:
                 request = httpx.Request("POST", self._url, headers=self._headers, content=body,
                                         extensions=self._extensions)
                 response = await self._http.send(request)
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            raise TransportFailure(f"no reply within {self._timeout_s:g}s", error_type="timeout") from exc
-        except httpx.TransportError as exc:
+        except (TimeoutError, httpx.TransportError) as exc:
+            if _is_timeout(exc):
+                raise TransportFailure(f"no reply within {self._timeout_s:g}s", error_type="timeout") from exc
             detail = redact(str(exc) or type(exc).__name__, self._secret)
             raise TransportFailure(f"connection failed: {detail}", error_type="connection_error") from exc
         if response.status_code == 200:
@@ -75,6 +75,19 @@ class ChatClient:
         if status in (408, 409) or status >= 500:
             return ServerError(message, http_status=status, retry_after_s=wait_s)
         return RowRejected(message, http_status=status, error_type=code or kind or None)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """A real timeout, as opposed to a refused or dropped connection.
+
+    httpx-aiohttp maps every aiohttp connection error (refused, reset, server disconnected) to
+    ``httpx.ConnectTimeout``; what caused it tells the two apart.
+    """
+    if isinstance(exc, TimeoutError):
+        return True
+    if not isinstance(exc, httpx.TimeoutException):
+        return False
+    return exc.__cause__ is None or isinstance(exc.__cause__, TimeoutError)
 
 
 def _error_fields(content: bytes) -> tuple[str | None, str | None, str]:

@@ -12,8 +12,12 @@ Built on aiolimiter's leaky bucket, with its two surprises handled:
   ones; a FIFO lock in front keeps arrival order.
 
 A request's token cost is its estimated prompt tokens plus max output tokens × n (see
-:mod:`pipeline.tokens`). :meth:`RateBudget.pause` holds back *every* request until the server's
-retry-after has passed, so one 429 slows the whole run instead of being retried into a storm.
+:mod:`pipeline.tokens`).
+
+A 429 slows the whole run, twice over: :meth:`RateBudget.pause` holds back *every* request until the
+server's retry-after has passed, and a :class:`~pipeline.pacing.Pacer` then spaces requests at half
+the rate that was getting through, growing again with every ok reply — so when the pause ends the
+run does not fire every worker into the same wall. Without 429s neither costs anything.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Awaitable, Callable
 from aiolimiter import AsyncLimiter
 
 from .errors import RowRejected
+from .pacing import Pacer
 
 BURST_S = 1.0
 
@@ -53,17 +58,24 @@ class RateBudget:
         self._sleep = sleep
         self._resume_at = 0.0
         self._lock = asyncio.Lock()
+        self.pacer = Pacer(clock)
 
     @property
     def limited(self) -> bool:
-        return self._requests is not None or self._tokens is not None or self._resume_at > 0
+        return (self._requests is not None or self._tokens is not None or self.pacer.rate is not None
+                or self._resume_at > self._clock())
 
     def pause(self, seconds: float) -> None:
-        """Hold back every request for ``seconds`` from now (a later pause never shortens it)."""
+        """A 429: hold back every request for ``seconds`` from now, then pace (see module doc)."""
         self._resume_at = max(self._resume_at, self._clock() + seconds)
+        self.pacer.cut()
+
+    def succeeded(self) -> None:
+        """An ok reply arrived (feeds the pacer)."""
+        self.pacer.ok()
 
     async def acquire(self, tokens: int) -> None:
-        """Wait until one request of ``tokens`` tokens fits the budgets."""
+        """Wait until one request of ``tokens`` tokens fits the budgets (and the pacing)."""
         if self.tokens_per_minute and tokens > self.tokens_per_minute:
             raise RowRejected(
                 f"request needs about {tokens} tokens, more than the whole tokens-per-minute "
@@ -73,7 +85,7 @@ class RateBudget:
         if not self.limited:
             return
         async with self._lock:
-            while (wait_s := self._resume_at - self._clock()) > 0:
+            while (wait_s := max(self._resume_at - self._clock(), self.pacer.wait_s())) > 0:
                 await self._sleep(wait_s)
             if self._requests is not None:
                 await self._requests.acquire(1)

@@ -4,7 +4,8 @@
   (429 rate limits, 5xx, 408/409, timeouts, connection failures, unusable 200 bodies). Fatal errors
   (auth, quota) propagate at once; row errors (400, 404, 422, ...) end the row.
 * *How long do I wait?* — what the server asked for (``retry-after-ms``, ``retry-after``, reset
-  headers) if it said, else exponential backoff with full jitter: a uniform draw in
+  headers) if it said, plus up to as much again (at most ``backoff_base``) of jitter so retries do
+  not land together; else exponential backoff with full jitter: a uniform draw in
   ``[0, min(backoff_max, backoff_base * 2**(attempt-1))]``.
 * *When do I stop?* — after ``max_attempts`` attempts, or when the run is stopping.
 
@@ -37,8 +38,8 @@ class Outcome(Generic[T]):
 
 def backoff_s(settings: RetrySettings, attempt: int, failure: RequestFailed, random: Callable[[], float]) -> float:
     """How long to wait after ``attempt`` (1-based) failed with ``failure``."""
-    if failure.retry_after_s is not None:
-        return failure.retry_after_s
+    if failure.retry_after_s is not None:  # at least what the server asked, spread a little
+        return failure.retry_after_s + random() * min(failure.retry_after_s, settings.backoff_base_s)
     ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
     return random() * ceiling
 

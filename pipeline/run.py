@@ -26,6 +26,7 @@ import json
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -214,6 +215,7 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
         "state_dir": str(prepared.store.directory) if prepared.store else None,
         "exit_code": exit_code,
         "stopped": runner.stop_reason,
+        "stopped_by": runner.fatal.error_type if runner.fatal is not None else None,
         "prices_as_of": prepared.prices.as_of,
         "chatbatch_version": __version__,
     }
@@ -228,6 +230,8 @@ def _install_signals(runner: Runner, grace_s: float) -> Callable[[], None]:
         first = not runner.stopping
         runner.request_stop(reason)
         if first:
+            sys.stderr.write(f"\nchatbatch: {reason}: sending no more requests; those in flight get up to "
+                             f"{grace_s:g}s to finish (signal again to cancel them)\n")
             loop.call_later(grace_s, lambda: runner.request_stop(reason))
 
     for signum, reason in names.items():

@@ -246,13 +246,15 @@ class Runner:
         started = self.seams.clock()
         self.requests_sent += 1
         try:
-            return await self.client.complete(body)
+            completion = await self.client.complete(body)
         except RateLimited as exc:
             self.tally.rate_limited += 1
             self.budget.pause(exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_PAUSE_S)
             raise
         finally:
             latency[0] = self.seams.clock() - started
+        self.budget.succeeded()
+        return completion
 
     async def _process(self, body: bytes, token_cost: int) -> RowResult:
         latency: list = [None]

@@ -45,6 +45,7 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 )
 LIST_COLUMNS = (("replies", pa.list_(pa.string())), ("finish_reasons", pa.list_(pa.string())))
 SUMMARY_KEY = b"chatbatch.summary"
+ROW_GROUP_ROWS = 65536  # rows per Parquet row group: few enough groups that the footer stays small
 
 
 def result_fields(prefix: str, choices: int) -> list[pa.Field]:
@@ -128,13 +129,26 @@ class ParquetSink:
         # pq.read_table and pq.read_metadata alike (a stored ARROW:schema would hide it).
         self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd", store_schema=False)
         self.rows_written = 0
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
 
     def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
+        """Append rows; they reach the file in row groups of about :data:`ROW_GROUP_ROWS`."""
         arrays = list(batch.columns) + result_arrays(results, self.choices)
-        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self._buffer.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self._buffered += batch.num_rows
         self.rows_written += batch.num_rows
+        if self._buffered >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_batches(self._buffer, schema=self.schema),
+                                     row_group_size=max(self._buffered, 1))
+        self._buffer, self._buffered = [], 0
 
     def commit(self, metadata: Mapping[bytes, bytes]) -> None:
+        self._flush()
         self._writer.add_key_value_metadata({**(self.schema.metadata or {}), **metadata})
         self._writer.close()
         os.replace(self.tmp_path, self.path)

@@ -36,7 +36,10 @@ def test_backoff_is_full_jitter_capped_unless_the_server_said():
     assert backoff_s(settings, 3, failure, lambda: 0.5) == 2.0
     assert backoff_s(settings, 9, failure, lambda: 1.0) == 8.0  # capped
     assert backoff_s(settings, 2, failure, lambda: 0.0) == 0.0
-    assert backoff_s(settings, 5, RateLimited("x", retry_after_s=0.3), lambda: 1.0) == 0.3
+    # the server's wait is a floor, with jitter of up to as much again (at most backoff_base)
+    assert backoff_s(settings, 5, RateLimited("x", retry_after_s=0.3), lambda: 0.0) == 0.3
+    assert backoff_s(settings, 5, RateLimited("x", retry_after_s=0.3), lambda: 1.0) == 0.6
+    assert backoff_s(settings, 5, RateLimited("x", retry_after_s=7.0), lambda: 1.0) == 8.0
 
 
 class Script:
@@ -68,7 +71,7 @@ def test_transient_failures_are_retried_until_success():
     script = Script(ServerError("500"), TransportFailure("reset"), RateLimited("429", retry_after_s=2.0))
     outcome, slept, retried = run(script)
     assert outcome.value == "done" and outcome.attempts == 4 and script.calls == 4
-    assert slept == [0.5, 1.0, 2.0]
+    assert slept == [0.5, 1.0, 2.5]
     assert len(retried) == 3
 
 

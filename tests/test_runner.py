@@ -146,7 +146,7 @@ def test_a_429_pauses_the_whole_run(tmp_path):
     report, out = run(make_job(tmp_path, ["a"], concurrency=1), handler, time)
     assert out[0]["status"] == "ok" and out[0]["attempts"] == 2
     assert report.summary["rate_limited_429"] == 1
-    assert 4.0 in time.slept  # the server's wait, not our own backoff
+    assert time.slept[0] >= 4.0  # at least the server's wait
 
 
 def test_auth_failure_aborts_keeps_every_row_and_hides_the_key(tmp_path):
