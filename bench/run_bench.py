@@ -62,7 +62,7 @@ def cli_command(inp: Path, out: Path, port: int, concurrency: int) -> list[str]:
     return [sys.executable, "-m", "pipeline", "run", "--input", str(inp),
             "--output", str(out), "--template", "{prompt}", "--model", MODEL,
             "--base-url", f"http://127.0.0.1:{port}/v1",
-            "--concurrency", str(concurrency), "--quiet", "--overwrite"]
+            "--concurrency", str(concurrency), "--quiet", "--overwrite", "--fresh"]  # a new run each time, never a resume
 
 
 def bare_command(port: int, n: int, concurrency: int, cpu: int) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -52,9 +52,17 @@ class PriceTable:
     as_of: str
     source: str
     models: Mapping[str, Price]
+    _resolved: dict = field(default_factory=dict, compare=False, repr=False)
 
     def resolve(self, model: str | None) -> str | None:
-        """The table's name for ``model``, or None when it has no price."""
+        """The table's name for ``model``, or None when it has no price (remembered per name)."""
+        try:
+            return self._resolved[model]
+        except KeyError:
+            name = self._resolved[model] = self._resolve(model)
+            return name
+
+    def _resolve(self, model: str | None) -> str | None:
         if not model:
             return None
         lowered = {name.lower(): name for name in self.models}

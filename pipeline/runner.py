@@ -14,8 +14,8 @@
   so memory stays flat however long the input.
 * Each worker runs one request through :func:`pipeline.retry.call_with_retries`; every attempt first
   passes the :class:`~pipeline.ratelimit.RateBudget`, and a 429 pauses the budget for the whole run.
-  A finished row is journaled (group commit) before the worker takes another request, so a SIGKILL
-  leaves at most ``concurrency`` sent-but-unrecorded requests.
+  A finished row is journaled (group commit) and no request is sent while a finished row is still
+  uncommitted, so a SIGKILL leaves at most ``concurrency`` sent-but-unrecorded requests.
 * The writer waits for batches to complete in input order and appends them to the sink.
 
 Stopping: a fatal error (401/403, insufficient quota, a job failing every row the same way) or
@@ -195,7 +195,7 @@ class Runner:
         if earlier is not None:
             result = reused_result(earlier)
             if store is not None:
-                store.record_nowait(pending.start + index, digest, result)
+                store.record(pending.start + index, digest, result)
             self._deliver(pending, index, result)
             return None
         self._followers[digest] = []
@@ -217,20 +217,20 @@ class Runner:
                     task.uncancel()
                     result = not_sent_result("cancelled while waiting or in flight after the run was "
                                              "stopped (if it was in flight, it may have been billed)")
-            await self._finish(pending, index, digest, result)
+            self._finish(pending, index, digest, result)
 
-    async def _finish(self, pending: PendingBatch, index: int, digest: bytes, result: RowResult) -> None:
-        """Journal the row (before this worker sends anything else), then deliver it and its followers."""
+    def _finish(self, pending: PendingBatch, index: int, digest: bytes, result: RowResult) -> None:
+        """Journal the row (committed before any worker sends again), deliver it and its followers."""
         store, cache = self.reuse.store, self.reuse.cache
         if store is not None and journaled(result):
-            await store.record(pending.start + index, digest, result)
+            store.record(pending.start + index, digest, result)
         if cache is not None and result.status == STATUS_OK:
             cache.put(digest, result)
         self._deliver(pending, index, result)
         for follower, follower_index in self._followers.pop(digest, ()):
             copy = reused_result(result) if result.status == STATUS_OK else replace(result, attempts=0)
             if store is not None and journaled(copy):
-                store.record_nowait(follower.start + follower_index, digest, copy)
+                store.record(follower.start + follower_index, digest, copy)
             self._deliver(follower, follower_index, copy)
 
     async def _attempt(self, body: bytes, token_cost: int, latency: list) -> Completion:
@@ -241,6 +241,8 @@ class Runner:
             await self.budget.acquire(token_cost)
         finally:
             self._waiting.discard(task)
+        if self.reuse.store is not None:
+            await self.reuse.store.committed()  # never send while an earlier result is unrecorded
         if self.stopping:
             raise NotSent(self._not_sent_reason())
         started = self.seams.clock()

@@ -6,7 +6,8 @@ The state lives in ``<output>.state/`` beside the output (or ``state_dir``)::
     lock             held (flock) by the run using the state; names its pid
 
 Every finished row is journaled *before its worker may send another request*: :meth:`record` is
-a group commit — the results that arrive in one event-loop turn are written in one transaction
+a group commit — the results that arrive in one event-loop turn are written in one transaction, and
+a worker awaits :meth:`committed` before it sends (usually already true, so it costs nothing)
 (WAL, ``synchronous=OFF``: a committed transaction survives the process being killed; only an
 operating-system crash can lose the last moments). So a run killed with SIGKILL at any moment has
 at most ``concurrency`` requests that were sent but not journaled, and a rerun re-sends only those.
@@ -35,6 +36,7 @@ from .errors import ChatbatchError, JobError
 from .records import STATUS_ERROR, STATUS_OK, RowResult, result_from_json, result_to_json
 
 NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota"}
+SEEN_BITS = 1 << 24
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rows(idx INTEGER PRIMARY KEY, status TEXT NOT NULL, req_hash BLOB,
@@ -65,6 +67,7 @@ class StateStore:
         self._lock_fd = lock_fd
         self._pending: list[tuple] = []
         self._flushed: asyncio.Future | None = None
+        self._seen = bytearray(SEEN_BITS // 8)  # a Bloom filter of ok rows' request digests
 
     # -- reading ----------------------------------------------------------------------------
     def rows_done(self) -> int:
@@ -78,7 +81,13 @@ class StateStore:
         return {idx: result_from_json(text) for idx, text in self._db.execute(query, (start, stop))}
 
     def find_reply(self, req_hash: bytes) -> RowResult | None:
-        """An ok result journaled for an identical request, if any."""
+        """An ok result journaled for an identical request, if any.
+
+        A Bloom filter in memory (2 MiB, whatever the input's size) answers "certainly not" for
+        most requests, so unique rows cost no query.
+        """
+        if not self._maybe_seen(req_hash):
+            return None
         row = self._db.execute("SELECT result FROM rows WHERE req_hash = ? AND status = 'ok' LIMIT 1",
                                (req_hash,)).fetchone()
         return result_from_json(row[0]) if row else None
@@ -88,18 +97,40 @@ class StateStore:
         return row[0] if row else None
 
     # -- writing ----------------------------------------------------------------------------
-    async def record(self, idx: int, req_hash: bytes | None, result: RowResult) -> None:
-        """Journal a finished row; returns once it is committed (group commit)."""
-        self.record_nowait(idx, req_hash, result)
-        await asyncio.shield(self._flushed)
+    def record(self, idx: int, req_hash: bytes | None, result: RowResult) -> None:
+        """Journal a row in the next commit (group commit, on the next turn of the event loop).
 
-    def record_nowait(self, idx: int, req_hash: bytes | None, result: RowResult) -> None:
-        """Journal a row in the next commit without waiting for it."""
+        Callers that are about to send a request call :meth:`committed` first, so that nothing is
+        sent while an earlier result is still uncommitted.
+        """
         self._pending.append((idx, result.status, req_hash, result_to_json(result)))
+        if req_hash is not None and result.status == STATUS_OK:
+            self._mark_seen(req_hash)
         if self._flushed is None:
             loop = asyncio.get_running_loop()
             self._flushed = loop.create_future()
             loop.call_soon(self.flush)
+
+    def _bits(self, req_hash: bytes) -> tuple[int, int]:
+        mask = SEEN_BITS - 1
+        return int.from_bytes(req_hash[:4], "little") & mask, int.from_bytes(req_hash[4:8], "little") & mask
+
+    def _mark_seen(self, req_hash: bytes) -> None:
+        for bit in self._bits(req_hash):
+            self._seen[bit >> 3] |= 1 << (bit & 7)
+
+    def _maybe_seen(self, req_hash: bytes) -> bool:
+        return all(self._seen[bit >> 3] & (1 << (bit & 7)) for bit in self._bits(req_hash))
+
+    def load_seen(self) -> None:
+        """Fill the filter from the journal (a resumed run's earlier replies)."""
+        for (req_hash,) in self._db.execute("SELECT req_hash FROM rows WHERE status = 'ok' AND req_hash IS NOT NULL"):
+            self._mark_seen(req_hash)
+
+    async def committed(self) -> None:
+        """Return once every recorded row is committed (at once when none is waiting)."""
+        if self._flushed is not None:
+            await asyncio.shield(self._flushed)
 
     def flush(self) -> None:
         pending, flushed = self._pending, self._flushed
@@ -128,6 +159,8 @@ class StateStore:
             with self._db:
                 self._db.execute("DELETE FROM rows")
                 self._db.execute("DELETE FROM meta")
+        else:
+            self.load_seen()
         if self._begin is not None:
             self.set_meta({"fingerprint": json.dumps(dict(self._begin), sort_keys=True), "complete": "false"})
 

@@ -30,7 +30,9 @@ def test_what_is_journaled():
 
 def record(store, *rows):
     async def go():
-        await asyncio.gather(*(store.record(idx, digest, result) for idx, digest, result in rows))
+        for idx, digest, result in rows:
+            store.record(idx, digest, result)
+        await store.committed()
     asyncio.run(go())
 
 
@@ -44,6 +46,7 @@ def test_rows_survive_reopen_and_only_the_same_job_resumes(tmp_path):
 
     store = open_state(tmp_path / "s", PRINT)
     assert store.resumed and store.rows_done() == 2
+    store.begin()
     assert store.results_between(0, 10) == {0: OK, 5: failed}
     assert store.results_between(1, 5) == {}
     assert store.results_between(0, 10, retry_errors=True) == {0: OK}
