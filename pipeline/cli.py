@@ -26,13 +26,19 @@ import click
 from .client import redact
 from .errors import ChatbatchError, JobError
 from .jobspec import build_job
-from .run import EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, prepare, read_summary, run_job
+from .estimate import estimate as estimate_job
+from .estimate import format_estimate
+from .pricing import load_prices
+from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, prepare, read_summary, run_job,
+                  token_counter)
 from .summary import format_summary
 
 EXIT_INTERNAL = 4
 ABORT_ADVICE = {
     "auth_failed": "the endpoint refused the API key: check OPENAI_API_KEY (or the variable named by "
                    "api_key_env) and, for Azure, the resource's key",
+    "max_cost_reached": "raise max_cost (--max-cost) and run the same command again to continue; "
+                        "finished rows will not be sent (or paid for) again",
     "insufficient_quota": "the account is out of credit or over its spending limit: add credit or raise "
                           "the limit on the provider's billing page, then run the job again",
 }
@@ -85,6 +91,7 @@ RUN_OPTIONS: list[tuple[str, dict]] = [
     ("--project", dict(help="OpenAI-Project header (default $OPENAI_PROJECT_ID).")),
     ("--api-version", dict(help="Azure OpenAI api-version; turns on Azure deployment URLs and api-key auth.")),
     ("--deployment", dict(help="Azure OpenAI deployment name (default: the model).")),
+    ("--max-cost", dict(type=click.FloatRange(0), help="Cost cap in USD: no request starts that could cross it.")),
     ("--concurrency", dict(type=click.IntRange(1), help="Most requests in flight at once [32].")),
     ("--rpm", dict(type=click.FloatRange(0, min_open=True), help="Requests-per-minute budget.")),
     ("--tpm", dict(type=click.FloatRange(0, min_open=True), help="Tokens-per-minute budget.")),
@@ -188,6 +195,51 @@ def run(job_file: Path | None, **options: Any) -> None:
                    f"{report.output_path}; rows not sent have error_type 'not_sent'.\n"
                    "  To resume, run the same command again: finished rows will not be sent again.", err=True)
     sys.exit(report.exit_code)
+
+
+@main.command()
+@click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_with_run_options
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def estimate(job_file: Path | None, as_json: bool, **options: Any) -> None:
+    """Dry run: count tokens and cost for JOB_FILE and/or flags, sending nothing."""
+    for flag in ("fresh", "retry_errors"):
+        options.pop(flag)
+    try:
+        job = build_job(job_file, _overrides(options), os.environ, require_key=False)
+        prepared = prepare(job, use_state=False, check_overwrite=False)
+        figures = estimate_job(job, prepared.source, prepared.prices, token_counter(job))
+    except JobError as exc:
+        _fail(str(exc), EXIT_BAD_JOB, None)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED, None)
+    for warning in prepared.warnings:
+        click.echo(f"chatbatch: warning: {warning}", err=True)
+    click.echo(json.dumps(figures, indent=2) if as_json else format_estimate(figures))
+
+
+@main.command()
+@click.option("--prices-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A JSON/TOML price table adding to the shipped one.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def prices(prices_file: Path | None, as_json: bool) -> None:
+    """List the price table (USD per 1M tokens) with its date and source."""
+    try:
+        table = load_prices(prices_file)
+    except JobError as exc:
+        _fail(str(exc), EXIT_BAD_JOB, None)
+    rows = {name: {f: (float(v) if v is not None else None) for f, v in vars(price).items()}
+            for name, price in sorted(table.models.items())}
+    if as_json:
+        click.echo(json.dumps({"as_of": table.as_of, "source": table.source, "unit": "USD per 1M tokens",
+                               "models": rows}, indent=2))
+        return
+    click.echo(f"prices as of {table.as_of}, USD per 1M tokens\nsource: {table.source}\n")
+    click.echo(f"{'model':<22}{'input':>9}{'cached':>9}{'output':>9}{'batch in':>10}{'batch out':>11}")
+    for name, price in rows.items():
+        cells = [price[f] for f in ("input", "cached_input", "output", "batch_input", "batch_output")]
+        click.echo(f"{name:<22}" + "".join(f"{c:>{w}.3f}" if c is not None else f"{'-':>{w}}"
+                                             for c, w in zip(cells, (9, 9, 9, 10, 11))))
 
 
 @main.command()

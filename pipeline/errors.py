@@ -10,6 +10,7 @@ property of its class — never a string match on a message::
     │   ├── InputError           unreadable input, missing column, ...
     │   └── OutputExistsError    output exists and --overwrite was not given
     ├── RunAborted               the run stopped early; partial output was written (exit 3)
+    ├── CostCapReached           the next request could cross max_cost (the run stops, exit 3)
     └── RequestFailed            one HTTP exchange failed (carries http_status, error_type)
         ├── retryable = True
         │   ├── RateLimited        429 rate_limit_exceeded (slows the whole run)
@@ -48,6 +49,12 @@ class RunAborted(ChatbatchError):
     def __init__(self, message: str, *, exit_code: int = 3) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class CostCapReached(ChatbatchError):
+    """Sending another request could push the spend past the job's max_cost."""
+
+    error_type = "max_cost_reached"
 
 
 class RequestFailed(ChatbatchError):

@@ -55,7 +55,7 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
     "api_version": _STR, "deployment": _STR,
     # limits and retries
-    "concurrency": _INT, "rpm": _NUM, "tpm": _NUM, "timeout": _NUM,
+    "max_cost": _NUM, "concurrency": _INT, "rpm": _NUM, "tpm": _NUM, "timeout": _NUM,
     "max_attempts": _INT, "backoff_base": _NUM, "backoff_max": _NUM,
     # prices
     "prices_file": _STR, "prices": _TABLE,
@@ -75,7 +75,7 @@ RANGES = {
     "n": (1, 128), "top_logprobs": (0, 20), "max_completion_tokens": (1, None), "max_tokens": (1, None),
     "concurrency": (1, 100_000), "rpm": (0, None), "tpm": (0, None), "timeout": (0, None),
     "max_attempts": (1, 1000), "backoff_base": (0, None), "backoff_max": (0, None),
-    "progress_interval": (0, None),
+    "progress_interval": (0, None), "max_cost": (0, None),
 }
 _POSITIVE = {"rpm", "tpm", "timeout", "progress_interval"}
 
@@ -141,6 +141,7 @@ class Job:
     cache: bool = False
     cache_dir: Path | None = None
     dedupe: bool = True
+    max_cost_usd: float | None = None
     price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source: str = "command line"
 
@@ -172,6 +173,7 @@ def build_job(
     overrides: Mapping[str, Any],
     env: Mapping[str, str],
     api_key: str | None = None,
+    require_key: bool = True,
 ) -> Job:
     """Merge the job file (if any) with flag overrides and the environment into a :class:`Job`.
 
@@ -191,7 +193,7 @@ def build_job(
     _check_keys(values, origin)
     paths_from_file = {k for k in ("input", "output", "prices_file", "state_dir", "cache_dir")
                        if origin.get(k) == str(job_file)}
-    job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"), bool(api_key))
+    job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"), bool(api_key) or not require_key)
     if api_key:
         job = replace(job, endpoint=replace(job.endpoint, api_key=api_key))
     return job
@@ -281,6 +283,7 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         cache=values.get("cache", False),
         cache_dir=path("cache_dir") or _default_cache_dir(env),
         dedupe=values.get("dedupe", True),
+        max_cost_usd=values.get("max_cost"),
         price_overrides=values.get("prices", {}),
         source=source,
     )

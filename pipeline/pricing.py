@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import JobError
 from .records import Usage
@@ -59,22 +59,8 @@ class PriceTable:
         try:
             return self._resolved[model]
         except KeyError:
-            name = self._resolved[model] = self._resolve(model)
+            name = self._resolved[model] = resolve_name(model, self.models)
             return name
-
-    def _resolve(self, model: str | None) -> str | None:
-        if not model:
-            return None
-        lowered = {name.lower(): name for name in self.models}
-        candidate = model.lower().split("/")[-1] if model.lower() not in lowered else model.lower()
-        for _ in range(3):
-            if candidate in lowered:
-                return lowered[candidate]
-            stripped = _SUFFIX.sub("", candidate)
-            if stripped == candidate:
-                break
-            candidate = stripped
-        return None
 
     def cost_usd(self, model: str | None, usage: Usage, batch: bool = False) -> Decimal | None:
         name = self.resolve(model)
@@ -89,6 +75,23 @@ class PriceTable:
         total = ((usage.prompt_tokens - cached) * rates[0] + cached * rates[1]
                  + usage.completion_tokens * rates[2])
         return total / MILLION
+
+
+def resolve_name(model: str | None, names: Iterable[str]) -> str | None:
+    """``model``'s entry among ``names``: exact, case-insensitive, then without a provider prefix
+    and a date or version suffix; None when there is none."""
+    if not model:
+        return None
+    lowered = {name.lower(): name for name in names}
+    candidate = model.lower().split("/")[-1] if model.lower() not in lowered else model.lower()
+    for _ in range(3):
+        if candidate in lowered:
+            return lowered[candidate]
+        stripped = _SUFFIX.sub("", candidate)
+        if stripped == candidate:
+            break
+        candidate = stripped
+    return None
 
 
 def load_prices(user_file: Path | None = None, overrides: Mapping[str, Any] | None = None) -> PriceTable:

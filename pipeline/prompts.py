@@ -122,35 +122,31 @@ class BodyEncoder:
 
 
 class RowRenderer:
-    """Turns a record batch into, per row, ``(body, token_cost)`` or — when the row is not to be
-    sent — its result (skipped, or an unreadable messages cell)."""
+    """Turns a record batch into, per row, ``(body, prompt_tokens)`` or — when the row is not to be
+    sent — its result (skipped, or an unreadable messages cell). Prompt tokens are counted when a
+    :class:`~pipeline.tokens.TokenCounter` is given, else None."""
 
     def __init__(self, *, model: str, params: dict[str, Any], template: str | None, system: str | None,
                  messages_column: str | None, required_columns: Sequence[str],
-                 max_output_tokens: int | None, choices: int) -> None:
+                 counter: "tokens.TokenCounter | None" = None) -> None:
         self._encoder = BodyEncoder(model, params)
+        self._counter = counter
         self._template = Template(template) if template else None
         self._system = Template(system) if system else None
         self._system_text = system
         self._messages_column = messages_column
         self._required = tuple(required_columns)
-        self._max_output, self._choices = max_output_tokens, choices
 
-    def render_batch(self, batch) -> list[RowResult | tuple[bytes, int]]:
+    def render_batch(self, batch) -> list[RowResult | tuple[bytes, int | None]]:
         rows = self._from_template(batch) if self._template is not None else self._from_column(batch)
         if self._required:
             required = [batch.column(name).to_pylist() for name in self._required]
             for i, values in enumerate(zip(*required)):
                 if not isinstance(rows[i], RowResult) and any(is_blank((v,)) for v in values):
                     rows[i] = skipped_result("a required column is empty: nothing to send")
-        out: list[RowResult | tuple[bytes, int]] = []
-        for messages in rows:
-            if isinstance(messages, RowResult):
-                out.append(messages)
-                continue
-            cost = tokens.request_token_cost(tokens.estimate_prompt_tokens(messages), self._max_output, self._choices)
-            out.append((self._encoder.encode(messages), cost))
-        return out
+        counter, encode = self._counter, self._encoder.encode
+        return [row if isinstance(row, RowResult) else
+                (encode(row), counter.count_messages(row) if counter is not None else None) for row in rows]
 
     def _from_template(self, batch) -> list:
         template, system = self._template, self._system

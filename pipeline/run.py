@@ -26,6 +26,7 @@ import json
 import os
 import random
 import signal
+from decimal import Decimal
 import sys
 import time
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema, remove
 from .sources import Source, file_digest, open_source
 from .state import StateStore, open_state
 from .summary import Tally, to_json
+from .tokens import TokenCounter
+from .spend import SpendCap
 
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_BAD_JOB, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
@@ -78,6 +81,10 @@ class Prepared:
     notes: tuple[str, ...] = ()
 
 
+def token_counter(job: Job) -> TokenCounter:
+    return TokenCounter.for_model(job.model, job.cache_dir)
+
+
 def state_dir(job: Job) -> Path:
     return job.state_dir or job.output_path.with_name(job.output_path.name + ".state")
 
@@ -94,7 +101,7 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
     }
 
 
-def prepare(job: Job, *, fresh: bool = False, use_state: bool = True) -> Prepared:
+def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_overwrite: bool = True) -> Prepared:
     """Every check that needs no request; raises JobError (exit 2) on the first problem.
 
     With ``use_state`` the job's state is opened and locked: call :func:`release` (run_job does).
@@ -116,8 +123,11 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True) -> Prepare
     if prices.resolve(job.model) is None:
         warnings.append(f"no price known for model {job.model!r}: cost_usd will be null (unknown); "
                         "add it with a [prices] table or prices_file")
+    if job.max_cost_usd is not None:  # its errors (unknown price or output bound) before any request
+        SpendCap(Decimal(str(job.max_cost_usd)), prices, job.model, job.max_output_tokens, job.choices_per_request)
     if not use_state:
-        check_output(job.output_path, job.overwrite)
+        if check_overwrite:
+            check_output(job.output_path, job.overwrite)
         return Prepared(job, source, prices, tuple(warnings))
     store = open_state(state_dir(job), fingerprint(job, file_digest(job.input_path)), fresh=fresh)
     try:
@@ -164,8 +174,9 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
     sink = ParquetSink(job.output_path, schema, job.choices_per_request)
     cache = ResponseCache(job.cache_dir) if job.cache and job.cache_dir else None
     reuse = Reuse(store=prepared.store, cache=cache, retry_errors=retry_errors, dedupe=job.dedupe)
+    counter = token_counter(job) if job.limits.tokens_per_minute or job.max_cost_usd is not None else None
     runner = Runner(job, source, sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
-                    prepared.prices, tally, seams, reuse)
+                    prepared.prices, tally, seams, reuse, counter, _spend_cap(job, prepared))
     progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s)
     started_at, started = _now(), seams.clock()
     ticker = asyncio.create_task(progress.run())
@@ -196,6 +207,14 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
 
 
+def _spend_cap(job: Job, prepared: Prepared) -> SpendCap | None:
+    if job.max_cost_usd is None:
+        return None
+    earlier = prepared.store.total_cost() if prepared.store is not None and prepared.store.resumed else Decimal(0)
+    return SpendCap(Decimal(str(job.max_cost_usd)), prepared.prices, job.model, job.max_output_tokens,
+                    job.choices_per_request, spent_usd=earlier)
+
+
 def _exit_code(runner: Runner, tally: Tally) -> int:
     if runner.fatal is not None:
         return EXIT_ABORTED
@@ -216,6 +235,7 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
         "exit_code": exit_code,
         "stopped": runner.stop_reason,
         "stopped_by": runner.fatal.error_type if runner.fatal is not None else None,
+        "max_cost_usd": job.max_cost_usd,
         "prices_as_of": prepared.prices.as_of,
         "chatbatch_version": __version__,
     }

@@ -29,13 +29,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Awaitable
 
 import pyarrow as pa
 
 from .cache import ResponseCache, request_digest
 from .client import ChatClient
-from .errors import NotSent, RateLimited, RequestFailed, RowRejected
+from .errors import CostCapReached, NotSent, RateLimited, RequestFailed, RowRejected
 from .jobspec import Job
 from .pricing import PriceTable
 from .prompts import RowRenderer
@@ -44,8 +45,10 @@ from .records import STATUS_ERROR, STATUS_OK, Completion, RowResult, not_sent_re
 from .retry import call_with_retries
 from .sinks import ParquetSink
 from .sources import Source
+from .spend import SpendCap
 from .state import StateStore, journaled
 from .summary import Tally
+from .tokens import TokenCounter, request_token_cost
 
 CHUNK_ROWS = 1024
 WINDOW_ROWS = 32768
@@ -91,13 +94,15 @@ class Reuse:
 
 class Runner:
     def __init__(self, job: Job, source: Source, sink: ParquetSink, client: ChatClient,
-                 prices: PriceTable, tally: Tally, seams: Seams, reuse: Reuse = Reuse()) -> None:
+                 prices: PriceTable, tally: Tally, seams: Seams, reuse: Reuse = Reuse(),
+                 counter: TokenCounter | None = None, cap: SpendCap | None = None) -> None:
         self.job, self.source, self.sink, self.client = job, source, sink, client
         self.prices, self.tally, self.seams, self.reuse = prices, tally, seams, reuse
         self.budget = RateBudget(job.limits.requests_per_minute, job.limits.tokens_per_minute,
                                  clock=seams.clock, sleep=self._sleep)
+        self.cap = cap
         self.stop_reason: str | None = None
-        self.fatal: RequestFailed | None = None
+        self.fatal: RequestFailed | CostCapReached | None = None
         self.requests_sent = 0
         self._stop = asyncio.Event()
         self._workers: list[asyncio.Task] = []
@@ -108,8 +113,7 @@ class Runner:
         self._url = str(job.endpoint.url)
         self._renderer = RowRenderer(
             model=job.model, params=dict(job.params), template=job.template, system=job.system,
-            messages_column=job.messages_column, required_columns=job.required_columns,
-            max_output_tokens=job.max_output_tokens, choices=job.choices_per_request)
+            messages_column=job.messages_column, required_columns=job.required_columns, counter=counter)
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -172,7 +176,7 @@ class Runner:
                 elif self.stopping:
                     self._deliver(pending, index, not_sent_result(self._not_sent_reason()))
                 elif (digest := self._settle_from_reuse(pending, index, item[0])) is not None:
-                    await work.put((pending, index, item[0], item[1], digest))
+                    await work.put((pending, index, item[0], item[1] or 0, digest))
 
     def _journaled(self, pending: PendingBatch) -> dict[int, RowResult]:
         store = self.reuse.store
@@ -204,12 +208,12 @@ class Runner:
     async def _worker(self, work: asyncio.Queue) -> None:
         task = asyncio.current_task()
         while (item := await work.get()) is not None:
-            pending, index, body, token_cost, digest = item
+            pending, index, body, prompt_tokens, digest = item
             if self.stopping:
                 result = not_sent_result(self._not_sent_reason())
             else:
                 try:
-                    result = await self._process(body, token_cost)
+                    result = await self._process(body, prompt_tokens)
                 except asyncio.CancelledError:
                     if task not in self._cancelled:
                         raise
@@ -233,36 +237,57 @@ class Runner:
                 store.record(follower.start + follower_index, digest, copy)
             self._deliver(follower, follower_index, copy)
 
-    async def _attempt(self, body: bytes, token_cost: int, latency: list) -> Completion:
+    async def _attempt(self, body: bytes, prompt_tokens: int, latency: list) -> Completion:
         """One attempt: wait for the budget, then send. A 429 pauses the whole run."""
         task = asyncio.current_task()
         self._waiting.add(task)
         try:
-            await self.budget.acquire(token_cost)
+            await self.budget.acquire(request_token_cost(prompt_tokens, self.job.max_output_tokens,
+                                                         self.job.choices_per_request))
         finally:
             self._waiting.discard(task)
         if self.reuse.store is not None:
             await self.reuse.store.committed()  # never send while an earlier result is unrecorded
-        if self.stopping:
-            raise NotSent(self._not_sent_reason())
+        reservation = self._reserve(prompt_tokens)
         started = self.seams.clock()
         self.requests_sent += 1
+        cost: Decimal | None = None  # what this attempt cost; None: maybe billed, unknown
         try:
             completion = await self.client.complete(body)
+            cost = self.prices.cost_usd(completion.model or self.job.model, completion.usage)
         except RateLimited as exc:
+            cost = Decimal(0)
             self.tally.rate_limited += 1
             self.budget.pause(exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_PAUSE_S)
             raise
+        except RequestFailed as exc:
+            cost = None if exc.http_status == 200 else Decimal(0)
+            raise
         finally:
             latency[0] = self.seams.clock() - started
+            if reservation is not None:
+                self.cap.settle(reservation, cost)
         self.budget.succeeded()
         return completion
 
-    async def _process(self, body: bytes, token_cost: int) -> RowResult:
+    def _reserve(self, prompt_tokens: int) -> Decimal | None:
+        """Check the cost cap before a send; stop the run when this request could cross it."""
+        if self.stopping:
+            raise NotSent(self._not_sent_reason())
+        if self.cap is None:
+            return None
+        reservation = self.cap.reserve(prompt_tokens)
+        if reservation is None:
+            self.fatal = self.fatal or CostCapReached(self.cap.describe())
+            self.request_stop(self.cap.describe())
+            raise NotSent(self._not_sent_reason())
+        return reservation
+
+    async def _process(self, body: bytes, prompt_tokens: int) -> RowResult:
         latency: list = [None]
         try:
             outcome = await call_with_retries(
-                lambda: self._attempt(body, token_cost, latency), self.job.retry,
+                lambda: self._attempt(body, prompt_tokens, latency), self.job.retry,
                 sleep=self._sleep, random=self.seams.random, stopping=lambda: self.stopping)
         except RequestFailed as exc:  # fatal: record it on the row and stop the run
             self.fatal = self.fatal or exc

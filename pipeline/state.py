@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -91,6 +92,14 @@ class StateStore:
         row = self._db.execute("SELECT result FROM rows WHERE req_hash = ? AND status = 'ok' LIMIT 1",
                                (req_hash,)).fetchone()
         return result_from_json(row[0]) if row else None
+
+    def total_cost(self) -> Decimal:
+        """What the journaled rows cost (earlier runs' spend on this job)."""
+        total = Decimal(0)
+        for (text,) in self._db.execute("SELECT result FROM rows WHERE status = 'ok'"):
+            cost = result_from_json(text).cost_usd
+            total += cost or 0
+        return total
 
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

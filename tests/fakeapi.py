@@ -38,7 +38,8 @@ given, else ``"ECHO " + <last user message text>``; choice i>0 (``n`` > 1)
 says ``"ECHO#<i> " + <that text>``.  Content given as a list of parts uses
 its ``text`` parts joined with "\\n".  Token counts are deterministic:
 
-* prompt_tokens P = max(1, chars of all message contents // 4) + 3 * messages
+* prompt_tokens P = max(1, chars of all message contents // 4) + 3 * messages, or
+  ``count_prompt(messages)`` when given (e.g. a tiktoken count)
 * completion_tokens C = sum over choices of max(1, len(text) // 4),
   plus ``reasoning_tokens``
 * ``max_completion_tokens`` / ``max_tokens`` cut a longer choice to
@@ -300,11 +301,13 @@ class FakeOpenAI:
                  quota_after: int | None = None, cached_tokens: int = 0,
                  reasoning_tokens: int = 0,
                  answered_model: Callable[[str], str] | None = None,
-                 reply: Callable[[dict], str] | None = None, port: int = 0):
+                 reply: Callable[[dict], str] | None = None, port: int = 0,
+                 count_prompt: Callable[[list], int] | None = None):
         self.api_key, self.rpm, self.tpm = api_key, rpm, tpm
         self.latency_s, self.quota_after = latency_s, quota_after
         self.cached_tokens, self.reasoning_tokens = cached_tokens, reasoning_tokens
         self.answered_model, self.reply = answered_model, reply
+        self.count_prompt = count_prompt  # usage.prompt_tokens from messages (default: chars // 4)
         self.port = port
         self.base_url = self.root_url = ""
         self._lock = threading.Lock()
@@ -614,7 +617,7 @@ class FakeOpenAI:
 
     def _envelope(self, body: dict, choices: list, c_tokens: int) -> dict:
         self._ids += 1
-        p_tokens = prompt_tokens(body["messages"])
+        p_tokens = (self.count_prompt or prompt_tokens)(body["messages"])
         model = body["model"]
         return {
             "id": f"chatcmpl-{self._ids}", "object": "chat.completion",

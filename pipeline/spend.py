@@ -1,0 +1,62 @@
+"""The cost cap: never start a request that could push the spend past ``max_cost``.
+
+Before each attempt the runner asks :meth:`SpendCap.reserve` for the most that request can cost:
+its exact prompt tokens at the (uncached) input price plus its maximum output — the job's
+``max_completion_tokens`` (or ``max_tokens``), else the model's largest reply — × ``n`` at the
+output price. The request is sent only if the spend so far, plus what every request in flight may
+still cost, plus this one, stays within the cap. When the reply comes, :meth:`settle` swaps the
+reservation for the exact cost from ``usage``; a failed attempt costs nothing, except a 200 whose
+body was unusable, which is counted at its full reservation (it may have been billed).
+
+The spend so far includes what earlier runs of the same job spent on rows this run resumes, so a
+rerun continues only as far as the cap allows.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from .errors import JobError
+from .models import model_limits
+from .pricing import MILLION, PriceTable
+
+
+class SpendCap:
+    def __init__(self, cap_usd: Decimal, prices: PriceTable, model: str, max_output_tokens: int | None,
+                 choices: int, spent_usd: Decimal = Decimal(0)) -> None:
+        name = prices.resolve(model)
+        if name is None:
+            raise JobError(f"max_cost needs a known price for model {model!r}; add it with a [prices] table")
+        if max_output_tokens is None:
+            limits = model_limits(model)
+            if limits is None:
+                raise JobError(f"max_cost needs max_completion_tokens for model {model!r} "
+                               "(its largest reply is not known)")
+            max_output_tokens = limits.max_output_tokens
+        price = prices.models[name]
+        self.cap_usd = cap_usd
+        self.spent_usd = spent_usd
+        self.reserved_usd = Decimal(0)
+        self._input = price.input / MILLION
+        self._output_max = price.output * max_output_tokens * choices / MILLION
+
+    def most(self, prompt_tokens: int) -> Decimal:
+        """The most one request with ``prompt_tokens`` can cost."""
+        return prompt_tokens * self._input + self._output_max
+
+    def reserve(self, prompt_tokens: int) -> Decimal | None:
+        """Reserve a request's worst case; None when it could push the spend past the cap."""
+        amount = self.most(prompt_tokens)
+        if self.spent_usd + self.reserved_usd + amount > self.cap_usd:
+            return None
+        self.reserved_usd += amount
+        return amount
+
+    def settle(self, reservation: Decimal, cost_usd: Decimal | None) -> None:
+        """Replace a reservation by what the attempt really cost (None: assume the worst)."""
+        self.reserved_usd -= reservation
+        self.spent_usd += reservation if cost_usd is None else cost_usd
+
+    def describe(self) -> str:
+        return (f"the cost cap of ${self.cap_usd} is reached: ${self.spent_usd:.6f} spent, and the next "
+                f"request could cost more than the ${max(self.cap_usd - self.spent_usd, 0):.6f} left")
