@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from .errors import (AuthFailed, BadResponse, QuotaExhausted, RateLimited, RequestFailed,
                      RowRejected, ServerError, TransportFailure)
-from .headers import retry_after_s
+from .headers import rate_limit_info, retry_after_s
 from .jobspec import Endpoint
 from .records import Completion, Usage
 
@@ -57,9 +58,17 @@ class ChatClient:
                 raise TransportFailure(f"no reply within {self._timeout_s:g}s", error_type="timeout") from exc
             detail = redact(str(exc) or type(exc).__name__, self._secret)
             raise TransportFailure(f"connection failed: {detail}", error_type="connection_error") from exc
+        info = rate_limit_info(response.headers)
         if response.status_code == 200:
-            return parse_completion(response.content)
-        raise self._failure(response)
+            try:
+                completion = parse_completion(response.content)
+            except RequestFailed as exc:
+                exc.rate_info = info
+                raise
+            return replace(completion, rate_info=info) if info else completion
+        failure = self._failure(response)
+        failure.rate_info = info
+        raise failure
 
     def _failure(self, response: httpx.Response) -> RequestFailed:
         status = response.status_code

@@ -83,6 +83,7 @@ class RequestFailed(ChatbatchError):
             self.error_type = error_type
         self.retry_after_s = retry_after_s
         self.attempts: int | None = None  # set by the retry loop when it gives up
+        self.rate_info: dict | None = None  # the reply's rate-limit headers, when there was a reply
 
 
 class RateLimited(RequestFailed):

@@ -14,6 +14,7 @@ forms seen in the wild: ``"1s"``, ``"6m0s"``, ``"547ms"``, ``"2m52.8s"``, ``"1h2
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from typing import Mapping
@@ -28,9 +29,11 @@ def parse_duration_s(text: str | None) -> float | None:
         return None
     text = text.strip()
     try:
-        return max(float(text), 0.0)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        return max(value, 0.0) if math.isfinite(value) else None
     total, position = 0.0, 0
     for match in _PART.finditer(text):
         if match.start() != position:
@@ -74,3 +77,33 @@ def reset_after_s(headers: Mapping[str, str]) -> float | None:
             exhausted.append(reset)
     chosen = exhausted or resets
     return max(chosen) if chosen else None
+
+
+_NAMES = {
+    "limit_requests": ("x-ratelimit-limit-requests", "x-ratelimit-limit-requests-minute", "x-ratelimit-limit-req-minute"),
+    "limit_tokens": ("x-ratelimit-limit-tokens", "x-ratelimit-limit-tokens-minute"),
+    "remaining_requests": ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-requests-minute",
+                           "x-ratelimit-remaining-req-minute"),
+    "remaining_tokens": ("x-ratelimit-remaining-tokens", "x-ratelimit-remaining-tokens-minute"),
+}
+
+
+def rate_limit_info(headers: Mapping[str, str]) -> dict[str, float] | None:
+    """The per-minute limits and what remains of them, from whichever header forms the server sent.
+
+    OpenAI (and Groq, and most compatible servers) send ``x-ratelimit-{limit,remaining}-{requests,
+    tokens}``; Azure OpenAI sends the ``remaining`` pair (and, on newer deployments, the limits);
+    some providers add a ``-minute`` suffix (``x-ratelimit-limit-tokens-minute``,
+    ``x-ratelimit-remaining-req-minute``). Returns None when none is present.
+    """
+    found = {}
+    for field, names in _NAMES.items():
+        for name in names:
+            value = headers.get(name)
+            if value is not None:
+                try:
+                    found[field] = float(value)
+                except ValueError:
+                    pass
+                break
+    return found or None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Mapping
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -37,6 +38,7 @@ class Completion:
     system_fingerprint: str | None
     usage: Usage
     http_status: int = 200
+    rate_info: Mapping[str, float] | None = None  # the reply's rate-limit headers, read
 
 
 @dataclass(slots=True)

@@ -48,7 +48,7 @@ from .sources import Source
 from .spend import SpendCap
 from .state import StateStore, journaled
 from .summary import Tally
-from .tokens import TokenCounter, request_token_cost
+from .tokens import TokenCounter
 
 CHUNK_ROWS = 1024
 WINDOW_ROWS = 32768
@@ -99,7 +99,7 @@ class Runner:
         self.job, self.source, self.sink, self.client = job, source, sink, client
         self.prices, self.tally, self.seams, self.reuse = prices, tally, seams, reuse
         self.budget = RateBudget(job.limits.requests_per_minute, job.limits.tokens_per_minute,
-                                 clock=seams.clock, sleep=self._sleep)
+                                 clock=seams.clock, sleep=self._sleep, concurrency=job.limits.concurrency)
         self.cap = cap
         self.stop_reason: str | None = None
         self.fatal: RequestFailed | CostCapReached | None = None
@@ -107,7 +107,7 @@ class Runner:
         self._stop = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
-        self._cancelled: set[asyncio.Task] = set()  # workers we cancelled on purpose
+        self._cancelled: dict[asyncio.Task, bool] = {}  # workers we cancelled on purpose -> in flight?
         self._followers: dict[bytes, list[tuple[PendingBatch, int]]] = {}  # in-flight digest -> waiting rows
         self._leading_failures: dict[tuple, int] | None = {}  # None once a row succeeded
         self._url = str(job.endpoint.url)
@@ -122,12 +122,13 @@ class Runner:
 
     def request_stop(self, reason: str) -> None:
         """Stop dispatching now; called a second time, cancel requests in flight too."""
-        targets = self._workers if self.stopping else list(self._waiting)
-        if not self.stopping:
+        hard = self.stopping
+        targets = self._workers if hard else list(self._waiting)
+        if not hard:
             self.stop_reason = reason
             self._stop.set()
         for task in targets:
-            self._cancelled.add(task)
+            self._cancelled[task] = hard
             task.cancel()
 
     async def _sleep(self, seconds: float) -> None:
@@ -176,7 +177,7 @@ class Runner:
                 elif self.stopping:
                     self._deliver(pending, index, not_sent_result(self._not_sent_reason()))
                 elif (digest := self._settle_from_reuse(pending, index, item[0])) is not None:
-                    await work.put((pending, index, item[0], item[1] or 0, digest))
+                    await work.put((pending, index, item[0], item[1], digest))
 
     def _journaled(self, pending: PendingBatch) -> dict[int, RowResult]:
         store = self.reuse.store
@@ -217,10 +218,10 @@ class Runner:
                 except asyncio.CancelledError:
                     if task not in self._cancelled:
                         raise
-                    self._cancelled.discard(task)
                     task.uncancel()
-                    result = not_sent_result("cancelled while waiting or in flight after the run was "
-                                             "stopped (if it was in flight, it may have been billed)")
+                    result = not_sent_result(
+                        "cancelled after the run was stopped a second time (if it was in flight, it may "
+                        "have been billed)" if self._cancelled.pop(task) else self._not_sent_reason())
             self._finish(pending, index, digest, result)
 
     def _finish(self, pending: PendingBatch, index: int, digest: bytes, result: RowResult) -> None:
@@ -237,17 +238,38 @@ class Runner:
                 store.record(follower.start + follower_index, digest, copy)
             self._deliver(follower, follower_index, copy)
 
-    async def _attempt(self, body: bytes, prompt_tokens: int, latency: list) -> Completion:
+    async def _attempt(self, body: bytes, prompt_tokens: int | None, latency: list) -> Completion:
         """One attempt: wait for the budget, then send. A 429 pauses the whole run."""
+        if prompt_tokens is None:  # not counted (no tpm set): a rough bound, for limits learned later
+            prompt_tokens = len(body) // 4 if self.budget.tokens_per_minute else 0
         task = asyncio.current_task()
         self._waiting.add(task)
         try:
-            await self.budget.acquire(request_token_cost(prompt_tokens, self.job.max_output_tokens,
-                                                         self.job.choices_per_request))
+            ticket = await self.budget.acquire(prompt_tokens, self.job.max_output_tokens,
+                                               self.job.choices_per_request)
+            if self.reuse.store is not None:
+                await self.reuse.store.committed()  # never send while an earlier result is unrecorded
         finally:
             self._waiting.discard(task)
-        if self.reuse.store is not None:
-            await self.reuse.store.committed()  # never send while an earlier result is unrecorded
+        ok, info, completion = False, None, None
+        try:
+            completion = await self._send(body, prompt_tokens, latency)
+            ok, info = True, completion.rate_info
+            return completion
+        except RequestFailed as exc:
+            info = exc.rate_info
+            raise
+        finally:
+            self._settle(ticket, ok, info, completion)
+
+    def _settle(self, ticket, ok: bool, info, completion: Completion | None) -> None:
+        usage = completion.usage if completion is not None else None
+        used = usage.total_tokens if usage is not None else None
+        per_choice = (usage.completion_tokens / max(len(completion.replies), 1)
+                      if usage is not None and usage.completion_tokens is not None else None)
+        self.budget.settle(ticket, ok=ok, rate_info=info, used_tokens=used, output_tokens_per_choice=per_choice)
+
+    async def _send(self, body: bytes, prompt_tokens: int, latency: list) -> Completion:
         reservation = self._reserve(prompt_tokens)
         started = self.seams.clock()
         self.requests_sent += 1
@@ -267,7 +289,6 @@ class Runner:
             latency[0] = self.seams.clock() - started
             if reservation is not None:
                 self.cap.settle(reservation, cost)
-        self.budget.succeeded()
         return completion
 
     def _reserve(self, prompt_tokens: int) -> Decimal | None:
