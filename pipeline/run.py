@@ -177,7 +177,8 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
     counter = token_counter(job) if job.limits.tokens_per_minute or job.max_cost_usd is not None else None
     runner = Runner(job, source, sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
                     prepared.prices, tally, seams, reuse, counter, _spend_cap(job, prepared))
-    progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s)
+    progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s,
+                        requests_sent=lambda: runner.requests_sent, limits=runner.budget.describe)
     started_at, started = _now(), seams.clock()
     ticker = asyncio.create_task(progress.run())
     grace_s = min(job.limits.timeout_s, GRACE_S)

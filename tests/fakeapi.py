@@ -393,7 +393,7 @@ class FakeOpenAI:
             "headers": {k.lower(): v for k, v in request.headers.items()},
             "body": body, "status": None, "deployment": None, "attempt": None,
             "prompt": last_user_text(messages) if isinstance(messages, list) else None,
-            "billed": False, "client_gone": False,
+            "billed": False, "client_gone": False, "time": time.monotonic(),
         }
         with self._lock:
             self.requests.append(entry)
