@@ -136,7 +136,16 @@ def parse_completion(content: bytes) -> Completion:
         response_id=data.get("id"),
         system_fingerprint=data.get("system_fingerprint"),
         usage=_usage(data.get("usage")),
+        logprobs=_logprobs(choices[0]),
     )
+
+
+def _logprobs(choice: dict) -> tuple | None:
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return None
+    return tuple({"token": t.get("token"), "logprob": t.get("logprob")} for t in content if isinstance(t, dict))
 
 
 def _text(content: Any) -> str | None:

@@ -18,6 +18,8 @@ property of its class — never a string match on a message::
         │   ├── TransportFailure   timeout, connection refused/reset
         │   └── BadResponse        200 whose body is not JSON or has no choices
         ├── RowRejected            400, 404, 422, ...: recorded on the row, not retried
+        ├── InvalidOutput          a reply that is not valid JSON for the job's schema (retried
+        │                          validation_retries times; billed, so it carries its completion)
         ├── NotSent                the run stopped before this request went out
         └── fatal = True (stop the run: no retry can fix it)
             ├── AuthFailed         401, 403
@@ -108,6 +110,16 @@ class BadResponse(RequestFailed):
 
 class RowRejected(RequestFailed):
     error_type = "invalid_request"
+
+
+class InvalidOutput(RequestFailed):
+    error_type = "invalid_output"
+
+    def __init__(self, message: str, *, completion, cost_usd, retryable: bool) -> None:
+        super().__init__(message, http_status=200)
+        self.completion = completion
+        self.cost_usd = cost_usd
+        self.retryable = retryable
 
 
 class NotSent(RequestFailed):

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .errors import JobError
+from .structured import OutputSpec, build_spec
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 NUMBER = (int, float)
@@ -50,7 +51,10 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     # what to read, render and write
     "input": _STR, "output": _STR, "template": _STR, "system": _STR, "messages_column": _STR,
     "required_columns": _LIST, "column_prefix": _STR, "overwrite": _BOOL,
-    "state_dir": _STR, "cache": _BOOL, "cache_dir": _STR, "dedupe": _BOOL, "quiet": _BOOL, "progress_interval": _NUM,
+    "state_dir": _STR, "cache": _BOOL, "cache_dir": _STR, "dedupe": _BOOL,
+    # structured output
+    "labels": _LIST, "output_schema": ((dict, str), "a table (a JSON schema) or a path to one"),
+    "structured_mode": _STR, "strict": _BOOL, "validation_retries": _INT, "schema_name": _STR, "quiet": _BOOL, "progress_interval": _NUM,
     # where to send it
     "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
     "api_version": _STR, "deployment": _STR,
@@ -75,7 +79,7 @@ RANGES = {
     "n": (1, 128), "top_logprobs": (0, 20), "max_completion_tokens": (1, None), "max_tokens": (1, None),
     "concurrency": (1, 100_000), "rpm": (0, None), "tpm": (0, None), "timeout": (0, None),
     "max_attempts": (1, 1000), "backoff_base": (0, None), "backoff_max": (0, None),
-    "progress_interval": (0, None), "max_cost": (0, None),
+    "progress_interval": (0, None), "max_cost": (0, None), "validation_retries": (0, 100),
 }
 _POSITIVE = {"rpm", "tpm", "timeout", "progress_interval"}
 
@@ -142,6 +146,8 @@ class Job:
     cache_dir: Path | None = None
     dedupe: bool = True
     max_cost_usd: float | None = None
+    output: OutputSpec | None = None
+    validation_retries: int = 2
     price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source: str = "command line"
 
@@ -253,6 +259,16 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
     output_path = path("output") or input_path.with_name(input_path.stem + ".out.parquet")
     params = {k: values[k] for k in REQUEST_PARAMS if k in values}
     params.update(values.get("extra_body", {}))
+    spec_where = origin.get("labels") or origin.get("output_schema") or source
+    spec = build_spec(values.get("labels"), values.get("output_schema"),
+                      mode=values.get("structured_mode", "json_schema"), strict=values.get("strict", True),
+                      name=values.get("schema_name", "output"), logprobs=bool(values.get("logprobs")),
+                      base_dir=base_dir if origin.get("output_schema") == source else Path.cwd(),
+                      where=spec_where)
+    if spec is not None:
+        if "response_format" in params and spec.request_params():
+            raise JobError(f"{spec_where}: 'response_format' is set by 'labels'/'output_schema'; remove it")
+        params.update(spec.request_params())
     return Job(
         input_path=input_path,
         output_path=output_path,
@@ -284,6 +300,8 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         cache_dir=path("cache_dir") or _default_cache_dir(env),
         dedupe=values.get("dedupe", True),
         max_cost_usd=values.get("max_cost"),
+        output=spec,
+        validation_retries=values.get("validation_retries", 2),
         price_overrides=values.get("prices", {}),
         source=source,
     )

@@ -128,8 +128,9 @@ class RowRenderer:
 
     def __init__(self, *, model: str, params: dict[str, Any], template: str | None, system: str | None,
                  messages_column: str | None, required_columns: Sequence[str],
-                 counter: "tokens.TokenCounter | None" = None) -> None:
+                 counter: "tokens.TokenCounter | None" = None, instructions: str | None = None) -> None:
         self._encoder = BodyEncoder(model, params)
+        self._instructions = instructions
         self._counter = counter
         self._template = Template(template) if template else None
         self._system = Template(system) if system else None
@@ -144,6 +145,10 @@ class RowRenderer:
             for i, values in enumerate(zip(*required)):
                 if not isinstance(rows[i], RowResult) and any(is_blank((v,)) for v in values):
                     rows[i] = skipped_result("a required column is empty: nothing to send")
+        if self._instructions:
+            note = {"role": "system", "content": self._instructions}
+            rows = [row if isinstance(row, RowResult) else [*_leading_system(row), note, *_rest(row)]
+                    for row in rows]
         counter, encode = self._counter, self._encoder.encode
         return [row if isinstance(row, RowResult) else
                 (encode(row), counter.count_messages(row) if counter is not None else None) for row in rows]
@@ -182,3 +187,11 @@ class RowRenderer:
                 messages.insert(0, {"role": "system", "content": self._system_text})
             out.append(messages)
         return out
+
+
+def _leading_system(messages: list) -> list:
+    return messages[:1] if messages and messages[0].get("role") in ("system", "developer") else []
+
+
+def _rest(messages: list) -> list:
+    return messages[len(_leading_system(messages)):]

@@ -13,6 +13,7 @@ from typing import Mapping
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
 STATUS_SKIPPED = "skipped"
+STATUS_REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Completion:
     usage: Usage
     http_status: int = 200
     rate_info: Mapping[str, float] | None = None  # the reply's rate-limit headers, read
+    logprobs: tuple | None = None  # the first choice's token logprobs ({token, logprob}), when asked
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class RowResult:
     cost_usd: Decimal | None = None
     latency_s: float | None = None
     cached: bool = False  # answered from an identical request's reply: nothing new was billed
+    fields: tuple | None = None  # structured-output column values (see pipeline.structured)
 
 
 def skipped_result(reason: str) -> RowResult:
@@ -81,14 +84,16 @@ def result_to_json(result: RowResult) -> str:
          c.usage.cached_tokens, c.usage.reasoning_tokens]]
     return json.dumps([result.status, result.attempts, completion, result.error_type, result.error_message,
                        result.http_status, None if result.cost_usd is None else str(result.cost_usd),
-                       result.latency_s, result.cached], ensure_ascii=False, separators=(",", ":"))
+                       result.latency_s, result.cached, result.fields], ensure_ascii=False,
+                      separators=(",", ":"))
 
 
 def result_from_json(text: str | bytes) -> RowResult:
-    status, attempts, c, error_type, error_message, http_status, cost, latency, cached = json.loads(text)
+    status, attempts, c, error_type, error_message, http_status, cost, latency, cached, fields = json.loads(text)
     completion = None if c is None else Completion(
         replies=tuple(c[0]), finish_reasons=tuple(c[1]), refusal=c[2], model=c[3], response_id=c[4],
         system_fingerprint=c[5], http_status=c[6], usage=Usage(*c[7]))
     return RowResult(status=status, attempts=attempts, completion=completion, error_type=error_type,
                      error_message=error_message, http_status=http_status,
-                     cost_usd=None if cost is None else Decimal(cost), latency_s=latency, cached=cached)
+                     cost_usd=None if cost is None else Decimal(cost), latency_s=latency, cached=cached,
+                     fields=tuple(fields) if fields is not None else None)

@@ -117,7 +117,7 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
         if missing:
             raise InputError(f"{what} names column {missing[0]!r}, which the input lacks; "
                              f"the input's columns are: {', '.join(source.columns)}")
-    output_schema(source.schema, job.column_prefix, job.choices_per_request)
+    output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
     prices = load_prices(job.prices_file, job.price_overrides)
     warnings, notes = [], []
     if prices.resolve(job.model) is None:
@@ -168,10 +168,10 @@ async def run_job(
 async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signals, retry_errors) -> RunReport:
     source = prepared.source
     tally = Tally(rows_total=source.num_rows)
-    schema = output_schema(source.schema, job.column_prefix, job.choices_per_request)
+    schema = output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
     own_http = http is None
     http = http or make_http_client(job.limits.concurrency, job.limits.timeout_s)
-    sink = ParquetSink(job.output_path, schema, job.choices_per_request)
+    sink = ParquetSink(job.output_path, schema, job.choices_per_request, job.output)
     cache = ResponseCache(job.cache_dir) if job.cache and job.cache_dir else None
     reuse = Reuse(store=prepared.store, cache=cache, retry_errors=retry_errors, dedupe=job.dedupe)
     counter = token_counter(job) if job.limits.tokens_per_minute or job.max_cost_usd is not None else None
@@ -221,7 +221,7 @@ def _exit_code(runner: Runner, tally: Tally) -> int:
         return EXIT_ABORTED
     if runner.stopping:
         return EXIT_INTERRUPTED
-    return EXIT_ROW_ERRORS if tally.errors else EXIT_OK
+    return EXIT_ROW_ERRORS if tally.errors or tally.statuses["refused"] else EXIT_OK
 
 
 def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, exit_code: int) -> dict:

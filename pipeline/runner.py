@@ -36,17 +36,19 @@ import pyarrow as pa
 
 from .cache import ResponseCache, request_digest
 from .client import ChatClient
-from .errors import CostCapReached, NotSent, RateLimited, RequestFailed, RowRejected
+from .errors import CostCapReached, InvalidOutput, NotSent, RateLimited, RequestFailed, RowRejected
 from .jobspec import Job
 from .pricing import PriceTable
 from .prompts import RowRenderer
 from .ratelimit import RateBudget
-from .records import STATUS_ERROR, STATUS_OK, Completion, RowResult, not_sent_result, reused_result
+from .records import (STATUS_ERROR, STATUS_OK, STATUS_REFUSED, Completion, RowResult, not_sent_result,
+                      reused_result)
 from .retry import call_with_retries
 from .sinks import ParquetSink
 from .sources import Source
 from .spend import SpendCap
 from .state import StateStore, journaled
+from .structured import LABEL_FIELD, Validator, column_values, label_confidence
 from .summary import Tally
 from .tokens import TokenCounter
 
@@ -113,7 +115,9 @@ class Runner:
         self._url = str(job.endpoint.url)
         self._renderer = RowRenderer(
             model=job.model, params=dict(job.params), template=job.template, system=job.system,
-            messages_column=job.messages_column, required_columns=job.required_columns, counter=counter)
+            messages_column=job.messages_column, required_columns=job.required_columns, counter=counter,
+            instructions=job.output.instructions() if job.output else None)
+        self._validator = Validator(job.output) if job.output else None
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -238,7 +242,7 @@ class Runner:
                 store.record(follower.start + follower_index, digest, copy)
             self._deliver(follower, follower_index, copy)
 
-    async def _attempt(self, body: bytes, prompt_tokens: int | None, latency: list) -> Completion:
+    async def _attempt(self, body: bytes, prompt_tokens: int | None, latency: list, invalid: list) -> Completion:
         """One attempt: wait for the budget, then send. A 429 pauses the whole run."""
         if prompt_tokens is None:  # not counted (no tpm set): a rough bound, for limits learned later
             prompt_tokens = len(body) // 4 if self.budget.tokens_per_minute else 0
@@ -255,12 +259,27 @@ class Runner:
         try:
             completion = await self._send(body, prompt_tokens, latency)
             ok, info = True, completion.rate_info
+            self._validate(completion, invalid)
             return completion
         except RequestFailed as exc:
             info = exc.rate_info
             raise
         finally:
             self._settle(ticket, ok, info, completion)
+
+    def _validate(self, completion: Completion, invalid: list) -> None:
+        """Check a structured reply; an invalid one is retried (validation_retries), then kept as an error."""
+        if self._validator is None or (completion.refusal and not completion.replies[0]):
+            return
+        try:
+            self._validator.parse(completion.replies[0])
+        except ValueError as exc:
+            invalid[0] += 1
+            cost = self.prices.cost_usd(completion.model or self.job.model, completion.usage)
+            retryable = invalid[0] <= self.job.validation_retries
+            if retryable and cost is not None:
+                self.tally.discarded_cost_usd += cost  # billed, but this reply is thrown away
+            raise InvalidOutput(str(exc), completion=completion, cost_usd=cost, retryable=retryable) from exc
 
     def _settle(self, ticket, ok: bool, info, completion: Completion | None) -> None:
         usage = completion.usage if completion is not None else None
@@ -306,9 +325,10 @@ class Runner:
 
     async def _process(self, body: bytes, prompt_tokens: int) -> RowResult:
         latency: list = [None]
+        invalid = [0]  # replies that failed validation so far (each one billed)
         try:
             outcome = await call_with_retries(
-                lambda: self._attempt(body, prompt_tokens, latency), self.job.retry,
+                lambda: self._attempt(body, prompt_tokens, latency, invalid), self.job.retry,
                 sleep=self._sleep, random=self.seams.random, stopping=lambda: self.stopping)
         except RequestFailed as exc:  # fatal: record it on the row and stop the run
             self.fatal = self.fatal or exc
@@ -323,8 +343,17 @@ class Runner:
 
     def _success(self, completion: Completion, attempts: int, latency_s: float | None) -> RowResult:
         cost = self.prices.cost_usd(completion.model or self.job.model, completion.usage)
-        return RowResult(status=STATUS_OK, attempts=attempts, completion=completion, http_status=200,
-                         cost_usd=cost, latency_s=latency_s)
+        refused = bool(completion.refusal) and not completion.replies[0]
+        fields = None
+        if self.job.output is not None and not refused:
+            value = self._validator.parse(completion.replies[0])
+            fields = tuple(column_values(self.job.output, value))
+            if self.job.output.confidence:
+                fields += (label_confidence(completion.replies[0], value[LABEL_FIELD], completion.logprobs),)
+        return RowResult(status=STATUS_REFUSED if refused else STATUS_OK, attempts=attempts,
+                         completion=replace(completion, rate_info=None, logprobs=None), http_status=200,
+                         cost_usd=cost, latency_s=latency_s, fields=fields,
+                         error_type="refusal" if refused else None, error_message=completion.refusal if refused else None)
 
     def _deliver(self, pending: PendingBatch, index: int, result: RowResult) -> None:
         self.tally.add(result)
@@ -363,5 +392,8 @@ class Runner:
 
 
 def _failed(failure: RequestFailed, attempts: int, latency_s: float | None) -> RowResult:
+    completion = getattr(failure, "completion", None)  # an invalid structured reply: kept, and billed
     return RowResult(status=STATUS_ERROR, attempts=attempts, error_type=failure.error_type,
-                     error_message=failure.message, http_status=failure.http_status, latency_s=latency_s)
+                     error_message=failure.message, http_status=failure.http_status, latency_s=latency_s,
+                     completion=replace(completion, rate_info=None, logprobs=None) if completion else None,
+                     cost_usd=getattr(failure, "cost_usd", None))

@@ -48,14 +48,26 @@ SUMMARY_KEY = b"chatbatch.summary"
 ROW_GROUP_ROWS = 65536  # rows per Parquet row group: few enough groups that the footer stays small
 
 
-def result_fields(prefix: str, choices: int) -> list[pa.Field]:
-    columns = RESULT_COLUMNS + (LIST_COLUMNS if choices > 1 else ())
+def structured_columns(spec) -> list[tuple[str, pa.DataType]]:
+    """The typed columns of a job's structured output (and the label's confidence)."""
+    if spec is None:
+        return []
+    return list(spec.fields) + ([("label_confidence", pa.float64())] if spec.confidence else [])
+
+
+def result_fields(prefix: str, choices: int, spec=None) -> list[pa.Field]:
+    columns = RESULT_COLUMNS + (LIST_COLUMNS if choices > 1 else ()) + tuple(structured_columns(spec))
     return [pa.field(prefix + name, dtype) for name, dtype in columns]
 
 
-def output_schema(input_schema: pa.Schema, prefix: str, choices: int) -> pa.Schema:
+def output_schema(input_schema: pa.Schema, prefix: str, choices: int, spec=None) -> pa.Schema:
     """The output schema; raises InputError when an input column clashes with a result column."""
-    fields = result_fields(prefix, choices)
+    fields = result_fields(prefix, choices, spec)
+    names = [f.name for f in fields]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"output_schema property {repeated[0]!r} clashes with one of chatbatch's output "
+                         "columns; rename the property or set column_prefix")
     clashes = [f.name for f in fields if f.name in input_schema.names]
     if clashes:
         raise InputError(
@@ -92,8 +104,17 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise InputError(f"output {path} is a directory")
 
 
-def result_arrays(results: Sequence[RowResult], choices: int) -> list[pa.Array]:
+def result_arrays(results: Sequence[RowResult], choices: int, spec=None) -> list[pa.Array]:
     """One array per result column, in :func:`result_fields` order."""
+    arrays = _base_arrays(results, choices)
+    for position, (_, dtype) in enumerate(structured_columns(spec)):
+        values = [r.fields[position] if r.fields is not None and position < len(r.fields) else None
+                  for r in results]
+        arrays.append(pa.array(values, type=dtype))
+    return arrays
+
+
+def _base_arrays(results: Sequence[RowResult], choices: int) -> list[pa.Array]:
     columns: list[list] = [[] for _ in range(len(RESULT_COLUMNS) + (2 if choices > 1 else 0))]
     for r in results:
         c = r.completion
@@ -118,10 +139,11 @@ def result_arrays(results: Sequence[RowResult], choices: int) -> list[pa.Array]:
 class ParquetSink:
     """Streams batches into a temporary Parquet file; :meth:`commit` renames it into place."""
 
-    def __init__(self, path: Path, schema: pa.Schema, choices: int) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, choices: int, spec=None) -> None:
         self.path = path
         self.schema = schema
         self.choices = choices
+        self.spec = spec
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         # store_schema=False: readers then build the Arrow schema from the Parquet schema and the
@@ -134,7 +156,7 @@ class ParquetSink:
 
     def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
         """Append rows; they reach the file in row groups of about :data:`ROW_GROUP_ROWS`."""
-        arrays = list(batch.columns) + result_arrays(results, self.choices)
+        arrays = list(batch.columns) + result_arrays(results, self.choices, self.spec)
         self._buffer.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self._buffered += batch.num_rows
         self.rows_written += batch.num_rows

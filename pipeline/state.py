@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from .errors import ChatbatchError, JobError
-from .records import STATUS_ERROR, STATUS_OK, RowResult, result_from_json, result_to_json
+from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, RowResult, result_from_json, result_to_json
 
 NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota"}
 SEEN_BITS = 1 << 24
@@ -52,7 +52,8 @@ class StateError(ChatbatchError):
 
 def journaled(result: RowResult) -> bool:
     """Whether a finished row belongs in the journal (a rerun must not send it again)."""
-    return result.status == STATUS_OK or (result.status == STATUS_ERROR and result.error_type not in NOT_JOURNALED)
+    return result.status in (STATUS_OK, STATUS_REFUSED) or (
+        result.status == STATUS_ERROR and result.error_type not in NOT_JOURNALED)
 
 
 class StateStore:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .records import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED, RowResult
+from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, STATUS_SKIPPED, RowResult
 
 TOKEN_FIELDS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
 
@@ -47,6 +47,7 @@ class Tally:
     retries: int = 0
     rate_limited: int = 0
     cost_known_usd: Decimal = Decimal(0)
+    discarded_cost_usd: Decimal = Decimal(0)  # billed replies thrown away (invalid, then retried)
     tokens_total: int = 0
 
     @property
@@ -96,14 +97,16 @@ class Tally:
             "ok": self.statuses[STATUS_OK],
             "error": self.statuses[STATUS_ERROR],
             "skipped": self.statuses[STATUS_SKIPPED],
+            "refused": self.statuses[STATUS_REFUSED],
             "refusals": self.refusals,
             "cached_rows": self.cached,
             "resumed_rows": self.resumed,
             "error_types": dict(self.error_types.most_common()),
             **{k: sum(m.tokens[k] for m in self.models.values()) for k in TOKEN_FIELDS},
             "total_tokens": self.tokens_total,
-            "cost_usd": float(self.cost_known_usd) if complete else None,
-            "cost_usd_known": float(self.cost_known_usd),
+            "cost_usd": float(self.cost_known_usd + self.discarded_cost_usd) if complete else None,
+            "cost_usd_known": float(self.cost_known_usd + self.discarded_cost_usd),
+            "discarded_replies_cost_usd": float(self.discarded_cost_usd),
             "models": models,
             "elapsed_s": round(elapsed_s, 3),
             "rows_per_s": round(self.rows_done / elapsed_s, 2) if elapsed_s > 0 else None,

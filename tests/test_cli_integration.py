@@ -302,7 +302,7 @@ FAULTS = [
     ("[[status:500]] always failing", "error", 3, "server_error", 500),
     ("[[truncate]] always truncated", "error", 3, "bad_response", 200),
     ("[[slow:3]] always slow", "error", 3, "timeout", None),
-    ("[[refuse]] refused", "ok", 1, None, 200),
+    ("[[refuse]] refused", "refused", 1, "refusal", 200),
 ]
 
 
@@ -326,12 +326,13 @@ def test_mixed_faults_row_by_row(fake, cli, tmp_path):
         assert seen[prompt] == attempts, f"{where}: the fake saw {seen[prompt]} requests"
         assert row["error_type"] == error_type, where
         assert row["http_status"] == http_status, where
-        if status == "ok":
+        if status == "refused":  # a billed answer: its own status, the refusal text kept
+            assert row["refusal"] == REFUSAL and row["reply"] is None
+            assert row["error_message"] == REFUSAL
+            assert row["prompt_tokens"] > 0 and row["cost_usd"] > 0
+        elif status == "ok":
             assert row["error_message"] is None
-            if "[[refuse]]" in text:
-                assert row["refusal"] == REFUSAL and row["reply"] is None
-            else:
-                assert row["reply"] == "ECHO " + prompt and row["refusal"] is None
+            assert row["reply"] == "ECHO " + prompt and row["refusal"] is None
             assert row["prompt_tokens"] > 0 and row["cost_usd"] > 0
         else:
             assert row["error_message"], where
@@ -341,7 +342,8 @@ def test_mixed_faults_row_by_row(fake, cli, tmp_path):
     assert "500" in by_text["[[status:500]] always failing"]["error_message"]
     summary = read_summary(out)
     errors = [r for r in rows if r["status"] == "error"]
-    assert summary["error"] == len(errors) and summary["ok"] == len(rows) - len(errors)
+    assert summary["refused"] == 1
+    assert summary["error"] == len(errors) and summary["ok"] == len(rows) - len(errors) - 1
     assert summary["error_types"] == dict(Counter(r["error_type"] for r in errors))
     assert summary["retries"] == sum(r["attempts"] - 1 for r in rows)
     assert summary["rate_limited_429"] == 2 and summary["refusals"] == 1

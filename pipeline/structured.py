@@ -1,0 +1,220 @@
+"""Structured output: a JSON schema (or a list of labels) in, typed columns out.
+
+A job declares its output either as ``labels = ["positive", "negative", "neutral"]`` — which
+becomes the strict schema ``{"label": enum of the labels}`` — or as ``output_schema``, a JSON schema
+of an object (inline table, or a path to a ``.json`` file). Each top-level property becomes a typed
+column, named after the property (with the job's ``column_prefix``):
+
+=================  ===================================
+schema             column
+=================  ===================================
+string, enum       string
+integer            int64
+number             float64
+boolean            bool
+array of X         list<X>
+object             struct of its properties
+=================  ===================================
+
+The types come from the schema, so they are the same when every row failed. A property whose type
+is a union (``["string", "null"]``) takes its non-null type; anything else is kept as JSON text.
+
+**How it is asked for** (``structured_mode``): ``json_schema`` (default) sends
+``response_format = {type: json_schema, json_schema: {name, strict, schema}}``; ``json_object``
+sends ``{type: json_object}`` and puts the schema in the system prompt; ``prompt`` only puts it in
+the system prompt, for endpoints with no ``response_format`` at all.
+
+**Checked either way**: every reply is parsed and validated against the schema (jsonschema, Draft
+2020-12); a label outside the allowed set fails validation. A reply that fails is retried
+``validation_retries`` times, then recorded as a row error ``invalid_output`` with the raw reply kept.
+
+**Confidence** (labels with ``logprobs = true``): the probability of the chosen label is the product
+of the probabilities of the tokens that spell it in the reply (``exp`` of their summed logprobs),
+written as ``label_confidence`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+
+from .errors import JobError
+
+MODES = ("json_schema", "json_object", "prompt")
+LABEL_FIELD = "label"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    schema: Mapping[str, Any]
+    name: str
+    mode: str
+    strict: bool
+    labels: tuple[str, ...] | None
+    confidence: bool
+    fields: tuple[tuple[str, pa.DataType], ...]
+
+    def request_params(self) -> dict[str, Any]:
+        if self.mode == "json_schema":
+            return {"response_format": {"type": "json_schema", "json_schema": {
+                "name": self.name, "strict": self.strict, "schema": dict(self.schema)}}}
+        if self.mode == "json_object":
+            return {"response_format": {"type": "json_object"}}
+        return {}
+
+    def instructions(self) -> str | None:
+        """For the modes that cannot send the schema: the system-prompt text that describes it."""
+        if self.mode == "json_schema":
+            return None
+        return ("Reply with one JSON object and nothing else, valid against this JSON schema:\n"
+                + json.dumps(self.schema, ensure_ascii=False))
+
+
+def build_spec(labels: Sequence[str] | None, schema: Any, *, mode: str, strict: bool, name: str,
+               logprobs: bool, base_dir: Path, where: str) -> OutputSpec | None:
+    """The job's output spec, or None for free text. Errors name ``where`` (file or flag)."""
+    if labels is None and schema is None:
+        return None
+    if labels is not None and schema is not None:
+        raise JobError(f"{where}: give either 'labels' or 'output_schema', not both")
+    if mode not in MODES:
+        raise JobError(f"{where}: 'structured_mode' must be one of {', '.join(MODES)}, got {mode!r}")
+    if labels is not None:
+        if not labels or not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+            raise JobError(f"{where}: 'labels' must be a list of distinct, non-empty strings")
+        schema = {"type": "object", "properties": {LABEL_FIELD: {"type": "string", "enum": list(labels)}},
+                  "required": [LABEL_FIELD], "additionalProperties": False}
+    else:
+        schema = _load_schema(schema, base_dir, where)
+    _check_schema(schema, where)
+    fields = tuple((key, arrow_type(sub)) for key, sub in schema["properties"].items())
+    return OutputSpec(schema=schema, name=name, mode=mode, strict=strict,
+                      labels=tuple(labels) if labels is not None else None,
+                      confidence=bool(labels is not None and logprobs), fields=fields)
+
+
+def _load_schema(schema: Any, base_dir: Path, where: str) -> dict:
+    if isinstance(schema, str):
+        path = (base_dir / schema) if not Path(schema).is_absolute() else Path(schema)
+        try:
+            schema = json.loads(path.read_text())
+        except OSError as exc:
+            raise JobError(f"{where}: cannot read output_schema file {path}: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise JobError(f"{where}: output_schema file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise JobError(f"{where}: 'output_schema' must be a table (a JSON schema) or a path to one")
+    return schema
+
+
+def _check_schema(schema: Mapping[str, Any], where: str) -> None:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise JobError(f"{where}: output_schema is not a valid JSON schema: {exc.message}") from exc
+    if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict) or not schema["properties"]:
+        raise JobError(f"{where}: output_schema must describe an object with 'properties' (one column each)")
+
+
+def arrow_type(schema: Mapping[str, Any]) -> pa.DataType:
+    """The Arrow type of a column holding values of this (sub)schema."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kinds = [k for k in kind if k != "null"]
+        kind = kinds[0] if len(kinds) == 1 else None
+    if kind is None and "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
+        kind = "string"
+    if kind == "string":
+        return pa.string()
+    if kind == "integer":
+        return pa.int64()
+    if kind == "number":
+        return pa.float64()
+    if kind == "boolean":
+        return pa.bool_()
+    if kind == "array":
+        return pa.list_(arrow_type(schema.get("items") or {}))
+    if kind == "object" and isinstance(schema.get("properties"), dict) and schema["properties"]:
+        return pa.struct([pa.field(k, arrow_type(v)) for k, v in schema["properties"].items()])
+    return pa.string()  # anything else is kept as JSON text
+
+
+class Validator:
+    """Parses and validates replies against an :class:`OutputSpec`."""
+
+    def __init__(self, spec: OutputSpec) -> None:
+        from jsonschema import Draft202012Validator
+
+        self.spec = spec
+        self._validator = Draft202012Validator(dict(spec.schema))
+
+    def parse(self, text: str | None) -> dict[str, Any]:
+        """The reply's object; ValueError with a readable reason when it is not valid."""
+        if text is None or not text.strip():
+            raise ValueError("the reply is empty")
+        try:
+            value = json.loads(_strip_fence(text))
+        except ValueError as exc:
+            raise ValueError(f"the reply is not valid JSON: {exc}") from exc
+        errors = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
+        if errors:
+            error = errors[0]
+            where = "/".join(str(p) for p in error.path) or "the reply"
+            raise ValueError(f"the reply does not match the schema at {where}: {error.message}")
+        return value
+
+
+def _strip_fence(text: str) -> str:
+    """Tolerate a reply wrapped in a Markdown code fence (prompt mode)."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else ""
+        stripped = stripped.rsplit("```", 1)[0]
+    return stripped
+
+
+def column_values(spec: OutputSpec, value: Mapping[str, Any]) -> list[Any]:
+    """One value per field, converted for Arrow (JSON text where the type is string but not)."""
+    out = []
+    for key, dtype in spec.fields:
+        item = value.get(key)
+        if item is not None and pa.types.is_string(dtype) and not isinstance(item, str):
+            item = json.dumps(item, ensure_ascii=False)
+        out.append(item)
+    return out
+
+
+def label_confidence(content: str, label: str, token_logprobs: Sequence[Mapping[str, Any]] | None) -> float | None:
+    """Probability of ``label`` as written in ``content``, from the reply's token logprobs."""
+    if not token_logprobs:
+        return None
+    tokens = [(t.get("token") or "", t.get("logprob")) for t in token_logprobs]
+    text = "".join(token for token, _ in tokens)
+    start = _label_span(text, label)
+    if start is None:
+        return None
+    end, position, total = start + len(label), 0, 0.0
+    for token, logprob in tokens:
+        token_end = position + len(token)
+        if token_end > start and position < end:
+            if not isinstance(logprob, (int, float)):
+                return None
+            total += logprob
+        position = token_end
+    return min(1.0, max(0.0, math.exp(total)))
+
+
+def _label_span(text: str, label: str) -> int | None:
+    key = text.find(f'"{LABEL_FIELD}"')
+    if key < 0:
+        return None
+    quoted = text.find(f'"{label}"', key + len(LABEL_FIELD) + 2)
+    return quoted + 1 if quoted >= 0 else None
