@@ -76,6 +76,17 @@ def _json_object(ctx, param, value) -> dict | None:
     return parsed
 
 
+def _labels(ctx, param, values) -> list[str] | None:
+    labels = [label.strip() for value in values or () for label in value.split(",") if label.strip()]
+    return labels or None
+
+
+def _schema(ctx, param, value) -> dict | str | None:
+    if value is None or not value.lstrip().startswith("{"):
+        return value  # a path (or nothing)
+    return _json_object(ctx, param, value)
+
+
 # (flag, click options) — each flag's key in the job file is its name with underscores
 RUN_OPTIONS: list[tuple[str, dict]] = [
     ("--input", dict(type=click.Path(dir_okay=False), help="Input table: .csv, .parquet or .jsonl.")),
@@ -114,6 +125,14 @@ RUN_OPTIONS: list[tuple[str, dict]] = [
     ("--metadata", dict(multiple=True, callback=_kv_pairs, help="Request metadata KEY=VALUE (repeatable).")),
     ("--param", dict(multiple=True, callback=_json_pairs,
                      help="Any other body key, KEY=VALUE with VALUE parsed as JSON when it can be (repeatable).")),
+    ("--labels", dict(multiple=True, callback=_labels,
+                      help="Classify into these labels (comma-separated or repeated): a 'label' column.")),
+    ("--output-schema", dict(callback=_schema, help="JSON schema of the reply (JSON text or a .json path): typed columns.")),
+    ("--structured-mode", dict(type=click.Choice(["json_schema", "json_object", "prompt"]),
+                               help="How the schema is asked for [json_schema].")),
+    ("--strict/--no-strict", dict(default=None, help="Strict json_schema mode [on].")),
+    ("--validation-retries", dict(type=click.IntRange(0, 100), help="Retries of replies that fail the schema [2].")),
+    ("--schema-name", dict(help="json_schema name sent with the schema [output].")),
     ("--column-prefix", dict(help="Prefix for chatbatch's output columns, e.g. llm_.")),
     ("--prices-file", dict(type=click.Path(dir_okay=False), help="JSON/TOML price table adding to the shipped one.")),
     ("--progress-interval", dict(type=click.FloatRange(0, min_open=True),

@@ -38,6 +38,8 @@ given, else ``"ECHO " + <last user message text>``; choice i>0 (``n`` > 1)
 says ``"ECHO#<i> " + <that text>``.  Content given as a list of parts uses
 its ``text`` parts joined with "\\n".  Token counts are deterministic:
 
+* with ``logprobs: true`` in the body, each choice carries ``logprobs.content``: the reply split into
+  word and punctuation tokens, each with logprob ``token_logprob`` (default -0.05)
 * prompt_tokens P = max(1, chars of all message contents // 4) + 3 * messages, or
   ``count_prompt(messages)`` when given (e.g. a tiktoken count)
 * completion_tokens C = sum over choices of max(1, len(text) // 4),
@@ -308,6 +310,7 @@ class FakeOpenAI:
         self.cached_tokens, self.reasoning_tokens = cached_tokens, reasoning_tokens
         self.answered_model, self.reply = answered_model, reply
         self.count_prompt = count_prompt  # usage.prompt_tokens from messages (default: chars // 4)
+        self.token_logprob = -0.05  # the logprob given to every token when logprobs are asked for
         self.port = port
         self.base_url = self.root_url = ""
         self._lock = threading.Lock()
@@ -611,7 +614,10 @@ class FakeOpenAI:
             message = {"role": "assistant", "content": content, "refusal": None}
             if variant == "refuse":
                 message.update(content=None, refusal=content)
-            choices.append({"index": i, "message": message, "logprobs": None,
+            logprobs = None
+            if body.get("logprobs") and message["content"]:
+                logprobs = {"content": fake_logprobs(message["content"], self.token_logprob), "refusal": None}
+            choices.append({"index": i, "message": message, "logprobs": logprobs,
                             "finish_reason": finish})
         return self._envelope(body, [] if variant == "nochoices" else choices, c_tokens)
 
@@ -634,6 +640,13 @@ class FakeOpenAI:
                     "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
             },
         }
+
+
+def fake_logprobs(content: str, logprob: float) -> list[dict]:
+    """Token logprobs for ``content``: words and punctuation as tokens, each with ``logprob``."""
+    import re
+    return [{"token": t, "logprob": logprob, "bytes": list(t.encode()), "top_logprobs": []}
+            for t in re.findall(r"\s?\w+|\s?[^\w\s]|\s+", content)]
 
 
 def request_token_cost(body: dict) -> int:
