@@ -18,12 +18,14 @@ import asyncio
 import json
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .client import redact
+from .local import local_job
 from .errors import ChatbatchError, JobError
 from .jobspec import build_job
 from .estimate import estimate as estimate_job
@@ -133,6 +135,9 @@ RUN_OPTIONS: list[tuple[str, dict]] = [
     ("--strict/--no-strict", dict(default=None, help="Strict json_schema mode [on].")),
     ("--validation-retries", dict(type=click.IntRange(0, 100), help="Retries of replies that fail the schema [2].")),
     ("--schema-name", dict(help="json_schema name sent with the schema [output].")),
+    ("--local", dict(is_flag=True, default=None, help="Run on a local model (llama.cpp server), no key, no cost.")),
+    ("--local-model", dict(type=click.Path(dir_okay=False), help="GGUF model file for --local [Gemma 3 270M].")),
+    ("--local-threads", dict(type=click.IntRange(1), help="Threads for the local model [one per core].")),
     ("--column-prefix", dict(help="Prefix for chatbatch's output columns, e.g. llm_.")),
     ("--prices-file", dict(type=click.Path(dir_okay=False), help="JSON/TOML price table adding to the shipped one.")),
     ("--progress-interval", dict(type=click.FloatRange(0, min_open=True),
@@ -181,15 +186,10 @@ def run(job_file: Path | None, **options: Any) -> None:
     try:
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
         secret = job.endpoint.api_key
-        prepared = prepare(job, fresh=fresh)
-        for warning in prepared.warnings:
-            click.echo(f"chatbatch: warning: {warning}", err=True)
-        for note in prepared.notes:
-            if not job.quiet:
-                click.echo(f"chatbatch: {note}", err=True)
-        mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
-        report = asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
-                                     retry_errors=retry_errors))
+        with ExitStack() as stack:
+            if job.local:
+                job = stack.enter_context(local_job(job))
+            report = _run(job, fresh, retry_errors)
     except JobError as exc:
         _fail(str(exc), EXIT_BAD_JOB, api_key)
     except KeyboardInterrupt:
@@ -271,6 +271,18 @@ def summary(output: Path, as_json: bool) -> None:
     except JobError as exc:
         _fail(str(exc), EXIT_BAD_JOB, None)
     click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
+
+
+def _run(job, fresh: bool, retry_errors: bool):
+    prepared = prepare(job, fresh=fresh)
+    for warning in prepared.warnings:
+        click.echo(f"chatbatch: warning: {warning}", err=True)
+    for note in prepared.notes:
+        if not job.quiet:
+            click.echo(f"chatbatch: {note}", err=True)
+    mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
+    return asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
+                               retry_errors=retry_errors))
 
 
 def _fail(message: str, code: int, secret: str | None) -> None:

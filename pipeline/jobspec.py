@@ -54,7 +54,9 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     "state_dir": _STR, "cache": _BOOL, "cache_dir": _STR, "dedupe": _BOOL,
     # structured output
     "labels": _LIST, "output_schema": ((dict, str), "a table (a JSON schema) or a path to one"),
-    "structured_mode": _STR, "strict": _BOOL, "validation_retries": _INT, "schema_name": _STR, "quiet": _BOOL, "progress_interval": _NUM,
+    "structured_mode": _STR, "strict": _BOOL, "validation_retries": _INT, "schema_name": _STR,
+    # a local model instead of the API
+    "local": _BOOL, "local_model": _STR, "local_threads": _INT, "quiet": _BOOL, "progress_interval": _NUM,
     # where to send it
     "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
     "api_version": _STR, "deployment": _STR,
@@ -148,6 +150,9 @@ class Job:
     max_cost_usd: float | None = None
     output: OutputSpec | None = None
     validation_retries: int = 2
+    local: bool = False
+    local_model: Path | None = None
+    local_threads: int | None = None
     price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source: str = "command line"
 
@@ -197,9 +202,10 @@ def build_job(
         if value is not None:
             values[key], origin[key] = value, "--" + key.replace("_", "-")
     _check_keys(values, origin)
-    paths_from_file = {k for k in ("input", "output", "prices_file", "state_dir", "cache_dir")
+    paths_from_file = {k for k in ("input", "output", "prices_file", "state_dir", "cache_dir", "local_model")
                        if origin.get(k) == str(job_file)}
-    job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"), bool(api_key) or not require_key)
+    job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"),
+                    bool(api_key) or not require_key or bool(values.get("local")))
     if api_key:
         job = replace(job, endpoint=replace(job.endpoint, api_key=api_key))
     return job
@@ -302,6 +308,9 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         max_cost_usd=values.get("max_cost"),
         output=spec,
         validation_retries=values.get("validation_retries", 2),
+        local=values.get("local", False),
+        local_model=path("local_model"),
+        local_threads=values.get("local_threads"),
         price_overrides=values.get("prices", {}),
         source=source,
     )

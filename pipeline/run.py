@@ -44,6 +44,7 @@ from .jobspec import Job
 from .pricing import PriceTable, load_prices
 from .progress import Progress
 from .prompts import Template
+from .records import Usage
 from .runner import Runner, Seams
 from .cache import ResponseCache
 from .runner import Reuse
@@ -94,7 +95,8 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
     def digest(value: Any) -> str:
         return hashlib.blake2b(json.dumps(value, sort_keys=True).encode(), digest_size=12).hexdigest()
     return {
-        "model": job.model, "endpoint": job.endpoint.url, "parameters": digest(dict(job.params)),
+        "model": job.model,
+        "endpoint": f"local:{job.local_model.name if job.local_model else 'default'}" if job.local else job.endpoint.url, "parameters": digest(dict(job.params)),
         "template": digest(job.template), "system prompt": digest(job.system),
         "messages_column": str(job.messages_column), "required_columns": digest(list(job.required_columns)),
         "input content": input_digest,
@@ -174,7 +176,8 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
     sink = ParquetSink(job.output_path, schema, job.choices_per_request, job.output)
     cache = ResponseCache(job.cache_dir) if job.cache and job.cache_dir else None
     reuse = Reuse(store=prepared.store, cache=cache, retry_errors=retry_errors, dedupe=job.dedupe)
-    counter = token_counter(job) if job.limits.tokens_per_minute or job.max_cost_usd is not None else None
+    counter = (token_counter(job) if job.limits.tokens_per_minute or job.max_cost_usd is not None or job.local
+               else None)
     runner = Runner(job, source, sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
                     prepared.prices, tally, seams, reuse, counter, _spend_cap(job, prepared))
     progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s,
@@ -216,6 +219,17 @@ def _spend_cap(job: Job, prepared: Prepared) -> SpendCap | None:
                     job.choices_per_request, spent_usd=earlier)
 
 
+def _api_equivalent(job: Job, prepared: Prepared, runner: Runner) -> dict:
+    """What the same run would have cost on the job's API model, from OpenAI's token counts."""
+    tally = runner.tally
+    usage = Usage(prompt_tokens=tally.api_prompt_tokens, completion_tokens=tally.api_completion_tokens)
+    cost = prepared.prices.cost_usd(job.model, usage)
+    return {"model": job.model, "prompt_tokens": tally.api_prompt_tokens,
+            "completion_tokens": tally.api_completion_tokens,
+            "prompt_tokens_exact": runner.counter.exact if runner.counter else False,
+            "cost_usd": float(cost) if cost is not None else None}
+
+
 def _exit_code(runner: Runner, tally: Tally) -> int:
     if runner.fatal is not None:
         return EXIT_ABORTED
@@ -237,6 +251,7 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
         "stopped": runner.stop_reason,
         "stopped_by": runner.fatal.error_type if runner.fatal is not None else None,
         "max_cost_usd": job.max_cost_usd,
+        **({"api_equivalent": _api_equivalent(job, prepared, runner)} if job.local else {}),
         "prices_as_of": prepared.prices.as_of,
         "chatbatch_version": __version__,
     }

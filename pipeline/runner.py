@@ -103,6 +103,7 @@ class Runner:
         self.budget = RateBudget(job.limits.requests_per_minute, job.limits.tokens_per_minute,
                                  clock=seams.clock, sleep=self._sleep, concurrency=job.limits.concurrency)
         self.cap = cap
+        self.counter = counter
         self.stop_reason: str | None = None
         self.fatal: RequestFailed | CostCapReached | None = None
         self.requests_sent = 0
@@ -336,6 +337,9 @@ class Runner:
                 self.request_stop(exc.message)
             return _failed(exc, exc.attempts or 1, latency[0])
         if outcome.value is not None:
+            if self.job.local and self.counter is not None:  # what the API would have billed
+                self.tally.api_prompt_tokens += prompt_tokens or 0
+                self.tally.api_completion_tokens += sum(self.counter.count_text(r or "") for r in outcome.value.replies)
             return self._success(outcome.value, outcome.attempts, latency[0])
         if outcome.failure is None or isinstance(outcome.failure, NotSent):
             return not_sent_result(self._not_sent_reason())

