@@ -142,7 +142,7 @@ def _tail(path: Path) -> str:
 def local_job(job) -> Iterator:
     """``job`` pointed at a local server running its model; the server stops when the block ends.
 
-    The model answers under its file name, priced at $0; requests go one at a time.
+    Its replies cost $0 (the runner prices nothing on a local model); requests go one at a time.
     """
     from dataclasses import replace
 
@@ -150,9 +150,11 @@ def local_job(job) -> Iterator:
 
     model_path = job.local_model or default_model(job.cache_dir)
     log_path = job.cache_dir / "logs" / f"llama-server-{os.getpid()}.log"
+    params = dict(job.params)
+    if job.output is not None and job.output.mode == "json_schema":
+        # llama.cpp's server takes the schema inside json_object (and enforces it by grammar)
+        params["response_format"] = {"type": "json_object", "schema": dict(job.output.schema)}
     with local_server(model_path, log_path, job.local_threads) as base_url:
         yield replace(
-            job, endpoint=Endpoint(url=base_url + "/chat/completions"),
-            limits=replace(job.limits, concurrency=1),
-            price_overrides={**job.price_overrides, model_path.stem: {"input": 0, "output": 0,
-                                                                     "batch_input": 0, "batch_output": 0}})
+            job, endpoint=Endpoint(url=base_url + "/chat/completions"), params=params,
+            limits=replace(job.limits, concurrency=1))

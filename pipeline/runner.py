@@ -276,11 +276,17 @@ class Runner:
             self._validator.parse(completion.replies[0])
         except ValueError as exc:
             invalid[0] += 1
-            cost = self.prices.cost_usd(completion.model or self.job.model, completion.usage)
+            cost = self._cost(completion)
             retryable = invalid[0] <= self.job.validation_retries
             if retryable and cost is not None:
                 self.tally.discarded_cost_usd += cost  # billed, but this reply is thrown away
             raise InvalidOutput(str(exc), completion=completion, cost_usd=cost, retryable=retryable) from exc
+
+    def _cost(self, completion: Completion) -> Decimal | None:
+        """What a reply cost: from the price table and its usage; nothing on a local model."""
+        if self.job.local:
+            return Decimal(0)
+        return self.prices.cost_usd(completion.model or self.job.model, completion.usage)
 
     def _settle(self, ticket, ok: bool, info, completion: Completion | None) -> None:
         usage = completion.usage if completion is not None else None
@@ -296,7 +302,7 @@ class Runner:
         cost: Decimal | None = None  # what this attempt cost; None: maybe billed, unknown
         try:
             completion = await self.client.complete(body)
-            cost = self.prices.cost_usd(completion.model or self.job.model, completion.usage)
+            cost = self._cost(completion)
         except RateLimited as exc:
             cost = Decimal(0)
             self.tally.rate_limited += 1
@@ -346,7 +352,7 @@ class Runner:
         return _failed(outcome.failure, outcome.attempts, latency[0])
 
     def _success(self, completion: Completion, attempts: int, latency_s: float | None) -> RowResult:
-        cost = self.prices.cost_usd(completion.model or self.job.model, completion.usage)
+        cost = self._cost(completion)
         refused = bool(completion.refusal) and not completion.replies[0]
         fields = None
         if self.job.output is not None and not refused:
