@@ -43,9 +43,9 @@ from .errors import InputError
 from .jobspec import Job
 from .pricing import PriceTable, load_prices
 from .progress import Progress
-from .prompts import Template
-from .records import Usage
-from .runner import Runner, Seams
+from .prompts import RowRenderer, Template
+from .records import RowResult, Usage, not_sent_result
+from .runner import CHUNK_ROWS, Runner, Seams
 from .cache import ResponseCache
 from .runner import Reuse
 from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema, remove_stale_temp
@@ -208,6 +208,44 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
     _write_atomically(summary_path, text)
     if prepared.store is not None:
         prepared.store.set_meta({"complete": "true" if not runner.stopping else "false"})
+    return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
+
+
+async def write_report(job: Job, prepared: Prepared, started: float, seams: Seams, *, extra: dict,
+                       unanswered: Callable[[int], RowResult | None]) -> RunReport:
+    """Write the output from the journal alone (``batch collect``): journaled rows as they are,
+    skipped rows skipped, the rest explained by ``unanswered`` or marked not sent."""
+    source, store = prepared.source, prepared.store
+    tally = Tally(rows_total=source.num_rows)
+    sink = ParquetSink(job.output_path, output_schema(source.schema, job.column_prefix, job.choices_per_request,
+                                                      job.output), job.choices_per_request, job.output)
+    renderer = RowRenderer(model=job.model, params=dict(job.params), template=job.template, system=job.system,
+                           messages_column=job.messages_column, required_columns=job.required_columns)
+    try:
+        start = 0
+        for batch in source.batches(CHUNK_ROWS):
+            done = store.results_between(start, start + batch.num_rows)
+            results = []
+            for index, item in enumerate(renderer.render_batch(batch)):
+                row = start + index
+                result = done.get(row) or (item if isinstance(item, RowResult) else None) or unanswered(row) \
+                    or not_sent_result("not sent: the row is in no batch")
+                tally.add(result)
+                results.append(result)
+            await asyncio.to_thread(sink.write, batch, results)
+            start += batch.num_rows
+    except BaseException:
+        sink.discard()
+        raise
+    exit_code = EXIT_ROW_ERRORS if tally.errors or tally.statuses["refused"] else EXIT_OK
+    summary = tally.summary(elapsed_s=seams.clock() - started, extra={
+        "model": job.model, "input": str(job.input_path), "output": str(job.output_path), "finished_at": _now(),
+        "exit_code": exit_code, "prices": "batch", "prices_as_of": prepared.prices.as_of,
+        "state_dir": str(store.directory), "chatbatch_version": __version__, **extra})
+    text = to_json(summary)
+    sink.commit({SUMMARY_KEY: text.encode()})
+    summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
+    _write_atomically(summary_path, text)
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
 
 

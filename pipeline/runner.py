@@ -352,18 +352,7 @@ class Runner:
         return _failed(outcome.failure, outcome.attempts, latency[0])
 
     def _success(self, completion: Completion, attempts: int, latency_s: float | None) -> RowResult:
-        cost = self._cost(completion)
-        refused = bool(completion.refusal) and not completion.replies[0]
-        fields = None
-        if self.job.output is not None and not refused:
-            value = self._validator.parse(completion.replies[0])
-            fields = tuple(column_values(self.job.output, value))
-            if self.job.output.confidence:
-                fields += (label_confidence(completion.replies[0], value[LABEL_FIELD], completion.logprobs),)
-        return RowResult(status=STATUS_REFUSED if refused else STATUS_OK, attempts=attempts,
-                         completion=replace(completion, rate_info=None, logprobs=None), http_status=200,
-                         cost_usd=cost, latency_s=latency_s, fields=fields,
-                         error_type="refusal" if refused else None, error_message=completion.refusal if refused else None)
+        return completion_result(self.job, self._validator, completion, self._cost(completion), attempts, latency_s)
 
     def _deliver(self, pending: PendingBatch, index: int, result: RowResult) -> None:
         self.tally.add(result)
@@ -399,6 +388,28 @@ class Runner:
         while (pending := await window.get()) is not None:
             await pending.done.wait()
             await asyncio.to_thread(self.sink.write, pending.batch, pending.results)
+
+
+def completion_result(job: Job, validator: Validator | None, completion: Completion, cost: Decimal | None,
+                      attempts: int, latency_s: float | None) -> RowResult:
+    """A row's result from a reply: ok, refused, or (structured and not valid) invalid_output."""
+    refused = bool(completion.refusal) and not completion.replies[0]
+    kept = replace(completion, rate_info=None, logprobs=None)
+    if refused:
+        return RowResult(status=STATUS_REFUSED, attempts=attempts, completion=kept, http_status=200,
+                         cost_usd=cost, latency_s=latency_s, error_type="refusal", error_message=completion.refusal)
+    fields = None
+    if validator is not None:
+        try:
+            value = validator.parse(completion.replies[0])
+        except ValueError as exc:
+            return RowResult(status=STATUS_ERROR, attempts=attempts, completion=kept, http_status=200,
+                             cost_usd=cost, latency_s=latency_s, error_type="invalid_output", error_message=str(exc))
+        fields = tuple(column_values(job.output, value))
+        if job.output.confidence:
+            fields += (label_confidence(completion.replies[0], value[LABEL_FIELD], completion.logprobs),)
+    return RowResult(status=STATUS_OK, attempts=attempts, completion=kept, http_status=200, cost_usd=cost,
+                     latency_s=latency_s, fields=fields)
 
 
 def _failed(failure: RequestFailed, attempts: int, latency_s: float | None) -> RowResult:

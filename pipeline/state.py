@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rows(idx INTEGER PRIMARY KEY, status TEXT NOT NULL, req_hash BLOB,
                                 result TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS rows_by_request ON rows(req_hash);
+CREATE TABLE IF NOT EXISTS batches(batch_id TEXT PRIMARY KEY, input_file_id TEXT NOT NULL,
+                                   first_row INTEGER NOT NULL, last_row INTEGER NOT NULL,
+                                   requests INTEGER NOT NULL, status TEXT NOT NULL,
+                                   collected INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -93,6 +97,24 @@ class StateStore:
         row = self._db.execute("SELECT result FROM rows WHERE req_hash = ? AND status = 'ok' LIMIT 1",
                                (req_hash,)).fetchone()
         return result_from_json(row[0]) if row else None
+
+    def add_batch(self, batch_id: str, input_file_id: str, first_row: int, last_row: int,
+                  requests: int, status: str) -> None:
+        """Record a submitted Batch API batch (at once: it must never be submitted twice)."""
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, 0)",
+                             (batch_id, input_file_id, first_row, last_row, requests, status))
+
+    def batches(self) -> list[dict]:
+        cursor = self._db.execute("SELECT batch_id, input_file_id, first_row, last_row, requests, status, "
+                                  "collected FROM batches ORDER BY first_row")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    def update_batch(self, batch_id: str, *, status: str, collected: bool = False) -> None:
+        with self._db:
+            self._db.execute("UPDATE batches SET status = ?, collected = ? WHERE batch_id = ?",
+                             (status, int(collected), batch_id))
 
     def total_cost(self) -> Decimal:
         """What the journaled rows cost (earlier runs' spend on this job)."""
@@ -169,6 +191,7 @@ class StateStore:
             with self._db:
                 self._db.execute("DELETE FROM rows")
                 self._db.execute("DELETE FROM meta")
+                self._db.execute("DELETE FROM batches")
         else:
             self.load_seen()
         if self._begin is not None:
