@@ -63,9 +63,7 @@ async def submit(job: Job, prepared: Prepared, http: httpx.AsyncClient, seams: S
         raise JobError(f"this job already has batches in progress ({', '.join(open_batches)}): use "
                        "'chatbatch batch status' / 'collect', or 'cancel' them, before submitting again")
     client = _client(job, http, seams)
-    renderer = RowRenderer(model=job.model, params=dict(job.params), template=job.template, system=job.system,
-                           messages_column=job.messages_column, required_columns=job.required_columns,
-                           instructions=job.output.instructions() if job.output else None)
+    renderer = RowRenderer.for_job(job)
     name = job.output_path.stem
     chunk, created, start = Chunk([]), [], 0
     for batch in prepared.source.batches(65536):

@@ -103,9 +103,7 @@ def estimate(job: Job, source: Source, prices: PriceTable, counter: TokenCounter
 
 
 def _count(job: Job, source: Source, counter: TokenCounter, context: int | None, max_output: int | None) -> Counts:
-    renderer = RowRenderer(model=job.model, params=dict(job.params), template=job.template, system=job.system,
-                           messages_column=job.messages_column, required_columns=job.required_columns,
-                           counter=counter)
+    renderer = RowRenderer.for_job(job, counter)
     counts, seen = Counts(), set()
     url = job.endpoint.url
     for batch in source.batches(65536):

@@ -138,6 +138,13 @@ class RowRenderer:
         self._messages_column = messages_column
         self._required = tuple(required_columns)
 
+    @classmethod
+    def for_job(cls, job, counter: "tokens.TokenCounter | None" = None) -> "RowRenderer":
+        """The renderer for a :class:`~pipeline.jobspec.Job`: its requests exactly as ``run`` sends them."""
+        return cls(model=job.model, params=dict(job.params), template=job.template, system=job.system,
+                   messages_column=job.messages_column, required_columns=job.required_columns, counter=counter,
+                   instructions=job.output.instructions() if job.output else None)
+
     def render_batch(self, batch) -> list[RowResult | tuple[bytes, int | None]]:
         rows = self._from_template(batch) if self._template is not None else self._from_column(batch)
         if self._required:

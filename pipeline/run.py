@@ -219,8 +219,7 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
     tally = Tally(rows_total=source.num_rows)
     sink = ParquetSink(job.output_path, output_schema(source.schema, job.column_prefix, job.choices_per_request,
                                                       job.output), job.choices_per_request, job.output)
-    renderer = RowRenderer(model=job.model, params=dict(job.params), template=job.template, system=job.system,
-                           messages_column=job.messages_column, required_columns=job.required_columns)
+    renderer = RowRenderer.for_job(job)
     try:
         start = 0
         for batch in source.batches(CHUNK_ROWS):

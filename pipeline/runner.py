@@ -114,10 +114,7 @@ class Runner:
         self._followers: dict[bytes, list[tuple[PendingBatch, int]]] = {}  # in-flight digest -> waiting rows
         self._leading_failures: dict[tuple, int] | None = {}  # None once a row succeeded
         self._url = str(job.endpoint.url)
-        self._renderer = RowRenderer(
-            model=job.model, params=dict(job.params), template=job.template, system=job.system,
-            messages_column=job.messages_column, required_columns=job.required_columns, counter=counter,
-            instructions=job.output.instructions() if job.output else None)
+        self._renderer = RowRenderer.for_job(job, counter)
         self._validator = Validator(job.output) if job.output else None
 
     # -- control -----------------------------------------------------------------------------
