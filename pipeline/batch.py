@@ -34,6 +34,7 @@ from .prompts import RowRenderer
 from .records import STATUS_ERROR, RowResult
 from .run import REAL_SEAMS, Prepared, RunReport, write_report
 from .runner import Seams, completion_result
+from .state import journaled
 from .structured import Validator
 
 POLL_START_S = 5.0
@@ -73,7 +74,8 @@ async def submit(job: Job, prepared: Prepared, http: httpx.AsyncClient, seams: S
             if isinstance(item, RowResult) or row in done:
                 continue
             line = input_line(f"row-{row}", item[0])
-            if chunk.lines and (len(chunk.lines) >= MAX_REQUESTS or chunk.size + len(line) > MAX_FILE_BYTES):
+            if chunk.lines and (len(chunk.lines) >= min(MAX_REQUESTS, job.batch_max_requests)
+                                or chunk.size + len(line) > MAX_FILE_BYTES):
                 created.append(await _send_chunk(client, store, chunk, name, len(created)))
                 chunk = Chunk([])
             chunk.lines.append(line)
@@ -157,7 +159,7 @@ async def _download(client: BatchClient, store, job: Job, prepared: Prepared, in
         for raw in (await client.content(file_id)).splitlines():
             if raw.strip():
                 row, result = _line_result(job, prepared, validator, json.loads(raw))
-                if row is not None:
+                if row is not None and journaled(result):  # an expired/cancelled line stays unanswered
                     store.record(row, None, result)
     await store.committed()
 

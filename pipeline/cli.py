@@ -139,6 +139,8 @@ RUN_OPTIONS: list[tuple[str, dict]] = [
     ("--local", dict(is_flag=True, default=None, help="Run on a local model (llama.cpp server), no key, no cost.")),
     ("--local-model", dict(type=click.Path(dir_okay=False), help="GGUF model file for --local [Gemma 3 270M].")),
     ("--local-threads", dict(type=click.IntRange(1), help="Threads for the local model [one per core].")),
+    ("--batch-max-requests", dict(type=click.IntRange(1, 50_000),
+                                  help="batch submit: most requests per batch file [50,000].")),
     ("--column-prefix", dict(help="Prefix for chatbatch's output columns, e.g. llm_.")),
     ("--prices-file", dict(type=click.Path(dir_okay=False), help="JSON/TOML price table adding to the shipped one.")),
     ("--progress-interval", dict(type=click.FloatRange(0, min_open=True),

@@ -56,7 +56,8 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     "labels": _LIST, "output_schema": ((dict, str), "a table (a JSON schema) or a path to one"),
     "structured_mode": _STR, "strict": _BOOL, "validation_retries": _INT, "schema_name": _STR,
     # a local model instead of the API
-    "local": _BOOL, "local_model": _STR, "local_threads": _INT, "quiet": _BOOL, "progress_interval": _NUM,
+    "local": _BOOL, "local_model": _STR, "local_threads": _INT,
+    "batch_max_requests": _INT, "quiet": _BOOL, "progress_interval": _NUM,
     # where to send it
     "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
     "api_version": _STR, "deployment": _STR,
@@ -82,6 +83,7 @@ RANGES = {
     "concurrency": (1, 100_000), "rpm": (0, None), "tpm": (0, None), "timeout": (0, None),
     "max_attempts": (1, 1000), "backoff_base": (0, None), "backoff_max": (0, None),
     "progress_interval": (0, None), "max_cost": (0, None), "validation_retries": (0, 100),
+    "batch_max_requests": (1, 50_000),
 }
 _POSITIVE = {"rpm", "tpm", "timeout", "progress_interval"}
 
@@ -153,6 +155,7 @@ class Job:
     local: bool = False
     local_model: Path | None = None
     local_threads: int | None = None
+    batch_max_requests: int = 50_000
     price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source: str = "command line"
 
@@ -311,6 +314,7 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         local=values.get("local", False),
         local_model=path("local_model"),
         local_threads=values.get("local_threads"),
+        batch_max_requests=values.get("batch_max_requests", 50_000),
         price_overrides=values.get("prices", {}),
         source=source,
     )

@@ -36,7 +36,7 @@ from typing import Iterable, Mapping
 from .errors import ChatbatchError, JobError
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, RowResult, result_from_json, result_to_json
 
-NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota"}
+NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota", "batch_expired", "batch_cancelled", "batch_failed"}
 SEEN_BITS = 1 << 24
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -1,5 +1,8 @@
 """Fake OpenAI Chat Completions server with fault injection, for tests.
 
+It also imitates the Files and Batch APIs (section "Files and Batch API" below;
+code in tests/fakebatch.py).
+
 Start it in a test and point the pipeline at ``fake.base_url``::
 
     from fakeapi import FakeOpenAI
@@ -11,7 +14,8 @@ Start it in a test and point the pipeline at ``fake.base_url``::
 The server runs an aiohttp app on 127.0.0.1 (free port) in a daemon thread with
 its own event loop.  Every attribute given to the constructor may be changed
 between runs (``fake.latency_s = 0.2``, ``fake.rpm = 5``); ``reset()`` forgets
-the recorded requests, counters, rate-limit buckets and per-prompt attempts.
+the recorded requests, counters, rate-limit buckets, per-prompt attempts,
+files and batches (knobs such as ``batch_outcome`` are kept).
 
 Manual use: ``python tests/fakeapi.py --port 8123 [--rpm N --tpm N
 --latency 0.1 --api-key K]`` serves until Ctrl-C.
@@ -22,6 +26,7 @@ Routes
 * ``POST /openai/deployments/{deployment}/chat/completions?api-version=...``
   (Azure style, auth: ``api-key: <key>``).  Without ``api-version`` -> 404.
   ``model`` may be omitted from the body; it defaults to the deployment.
+* ``/v1/files...`` and ``/v1/batches...``: see "Files and Batch API".
 * Anything else -> 404 with an OpenAI-style error body.
 
 Order of checks for every request: route (404) -> auth (401) -> body (400:
@@ -119,6 +124,93 @@ the answer was sent -- it is still billed, as with the real API; best
 effort, it depends on the client having closed its socket).
 ``fake.completed()`` returns the billed entries; ``fake.billed_count`` counts
 billed completions and ``fake.rate_limited`` the rate-limit 429s.
+
+Files and Batch API
+-------------------
+Routes (checks: route 404 -> auth 401, ``Authorization: Bearer`` as for
+/v1/chat/completions -> the route's own 400/404; ``latency_s`` applies; every
+call is appended to ``fake.batch_requests_log`` as ``(method, path)``, none to
+``fake.requests``):
+
+* ``POST /v1/files``, multipart form: ``purpose`` must be "batch", ``file`` a
+  JSONL batch input file.  Every line must be a JSON object with a unique
+  non-empty ``custom_id``, ``"method": "POST"``, ``"url":
+  "/v1/chat/completions"`` and a ``body`` object with a ``model`` string and a
+  non-empty ``messages`` list; all lines must use one model.  A bad line, an
+  empty file, more than ``max_batch_requests`` lines (default 50,000) or more
+  than ``max_file_bytes`` (default 200,000,000) -> 400 invalid_request_error,
+  param "file", code naming the problem (invalid_json, duplicate_custom_id,
+  invalid_method, invalid_url, missing_required_parameter, mixed_models,
+  empty_file, too_many_requests, file_too_large).  200: an OpenAIFile
+  ``{"id": "file-<n>", "object": "file", "bytes", "created_at", "filename",
+  "purpose": "batch", "status": "processed"}``.
+* ``GET /v1/files/{id}`` -> the OpenAIFile; ``GET /v1/files/{id}/content`` ->
+  the raw bytes (uploads and generated output/error files).  Unknown id -> 404.
+* ``POST /v1/batches`` JSON ``{"input_file_id", "endpoint":
+  "/v1/chat/completions", "completion_window": "24h", "metadata"?}`` (other
+  values, an unknown file or one whose purpose is not "batch" -> 400) -> a
+  Batch ``{"id": "batch_<n>", "object": "batch", "endpoint", "model",
+  "errors": null, "input_file_id", "completion_window", "status":
+  "validating", "output_file_id": null, "error_file_id": null, "created_at",
+  "in_progress_at" ... "cancelled_at" (null until reached), "request_counts":
+  {"total", "completed", "failed"}, "usage" (Batch usage: input/output/total
+  tokens of the answered lines), "metadata"}``.  ``<n>`` is the creation
+  index, 0-based.
+* ``GET /v1/batches/{id}`` -> the Batch, moved one step every
+  ``batch_polls_per_step`` GETs (default 1; 0 or less: the first GET finishes
+  it): validating -> in_progress (total and expires_at set) -> finalizing ->
+  completed.  Unknown id -> 404.
+* ``POST /v1/batches/{id}/cancel`` -> the Batch in "cancelling"; the next step
+  makes it "cancelled" with the first half of the lines answered.  Cancelling
+  a completed/failed/expired batch -> 400; a cancelling/cancelled one is
+  returned unchanged.
+
+When a batch ends, its answered lines are computed by the chat route's own
+logic (same "ECHO ..." replies, usage, ``reply``/``answered_model`` hooks and
+fault directives, sharing the per-prompt attempt counters, so
+``[[status:500:1]]`` fails in the batch and succeeds when retried later), but
+without auth, quota, rate limits, delays, ``billed_count`` or ``requests``.
+Each answer becomes one line of a new file (purpose "batch_output", filename
+``batch_<n>_output.jsonl`` / ``batch_<n>_error.jsonl``):
+
+* 200 -> output file: ``{"id": "batch_req_...", "custom_id", "response":
+  {"status_code": 200, "request_id": "req_...", "body": <ChatCompletion>},
+  "error": null}``.  ``[[truncate]]`` writes that line cut in half (a broken
+  JSONL line); ``[[nochoices]]``/``[[refuse]]`` answer as in the chat route.
+* an error status (``[[status:CODE]]``, ``[[context]]``, ``[[429]]``,
+  ``[[quota]]``, ``[[auth]]``, bad directive, bad ``n``) -> error file, same
+  shape with that ``status_code`` and the OpenAI error body.
+* ``[[reset]]`` -> error file: ``"response": null, "error": {"code":
+  "server_error", "message": ...}``.
+
+``output_file_id``/``error_file_id`` stay null when that file would be empty;
+``request_counts.completed``/``failed`` count the lines of each file.  Lines
+are written in reverse input order while ``batch_shuffle`` is True (the
+default; OpenAI does not keep the input order either; map by custom_id).
+
+``fake.batch_outcome`` forces how a batch ends, read at every step so it may
+be set after creation: a dict keyed by creation index, or a callable
+``(index, batch_object) -> outcome or None``; the outcomes are
+
+* "complete" (default): as above.
+* "expire": in_progress (or finalizing) -> "expired" with ``expired_at``;
+  only the first half of the lines (``total // 2``) are answered, the rest
+  are in neither file.
+* "fail": the next step -> "failed" with ``failed_at`` and ``errors: {"object":
+  "list", "data": [{"code": "invalid_json", "message", "param": null, "line":
+  1}]}``; no output or error file.
+* "errors_only": "completed" with only an error file, every line
+  ``"response": null, "error": {"code": "server_error", ...}``.
+
+With ``fake.batch_unfinished_errors = True`` (default False) the lines an
+expired or cancelled batch left unanswered go to the error file with
+``"response": null`` and error code "batch_expired" / "batch_cancelled" (as
+OpenAI's newer documentation describes) instead of being absent.
+
+Recorded state: ``fake.files`` (id -> {"purpose", "filename", "content":
+bytes, "created_at"}), ``fake.batches`` (id -> {"batch": the Batch object,
+"index", "lines": the parsed input lines, "polls"}) and
+``fake.batch_requests_log``.
 """
 
 from __future__ import annotations
@@ -136,6 +228,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import web
+
+if __package__:  # imported as tests.fakeapi
+    from .fakebatch import BATCH_PATH, ApiError, FakeBatchAPI
+else:  # tests/ on sys.path (pytest, conftest) or run as a script
+    from fakebatch import BATCH_PATH, ApiError, FakeBatchAPI
 
 REFUSAL = "I'm sorry, I can't help with that."
 KEY_URL = "https://platform.openai.com/account/api-keys"
@@ -295,8 +392,8 @@ class Reply(Exception):
 # the server
 
 
-class FakeOpenAI:
-    """Fake OpenAI Chat Completions server; see the module docstring."""
+class FakeOpenAI(FakeBatchAPI):
+    """Fake OpenAI Chat Completions (plus Files and Batch) server; see the module docstring."""
 
     def __init__(self, *, api_key: str | None = None, rpm: int | None = None,
                  tpm: int | None = None, latency_s: float = 0.0,
@@ -317,12 +414,14 @@ class FakeOpenAI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._init_batches()
         self.reset()
 
     def reset(self) -> None:
-        """Forget recorded requests, counters, buckets and per-prompt attempts."""
+        """Forget recorded requests, counters, buckets, per-prompt attempts, files and batches."""
         with self._lock:
             self.requests: list[dict] = []
+        self._reset_batches()
         self.rate_limited = 0
         self.billed_count = 0
         self._ids = 0
@@ -385,6 +484,8 @@ class FakeOpenAI:
     # ---- request handling ------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if BATCH_PATH.match(request.path):
+            return await self._handle_batch(request)
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else None
@@ -407,6 +508,33 @@ class FakeOpenAI:
             headers.update(err.headers)
             action = Action("json", err.status, err.body, err.delay)
         return await self._respond(request, entry, headers, action)
+
+    async def _handle_batch(self, request: web.Request) -> web.StreamResponse:
+        """Files and Batch routes (fakebatch.py); not recorded in ``requests``."""
+        try:
+            response = await self._batch_route(request)
+        except (Reply, ApiError) as err:
+            response = web.json_response(err.body, status=err.status, headers=err.headers)
+        response.headers["x-request-id"] = "req_" + uuid.uuid4().hex
+        await asyncio.sleep(self.latency_s)
+        return response
+
+    def _line_answer(self, body: Any) -> tuple[int, Any, str]:
+        """Answer one batch input line's body like the chat route, minus auth, quota, rate
+        limits and delays.  Return (status_code, response body, kind): kind is "error" (body is an
+        OpenAI error body), "reset" (status 0, no body) or the completion variant ("ok",
+        "nochoices", "refuse", "truncate"; the body is the ChatCompletion).
+        """
+        try:
+            body = self._validate(body, None)
+            prompt = last_user_text(body["messages"])
+            self._attempts[prompt or ""] = attempt = self._attempts.get(prompt or "", 0) + 1
+            kind, _delay = self._directive(prompt, attempt, body)
+        except Reply as err:
+            return err.status, err.body, "error"
+        if kind == "reset":
+            return 0, None, kind
+        return 200, self._completion(body, "ok" if kind == "truncate" else kind), kind
 
     async def _respond(self, request: web.Request, entry: dict, headers: dict,
                        action: Action) -> web.StreamResponse:
