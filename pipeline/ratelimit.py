@@ -41,6 +41,7 @@ from aiolimiter import AsyncLimiter
 
 from .errors import RowRejected
 from .pacing import Pacer
+from .tokens import ASSUMED_OUTPUT_TOKENS
 
 BURST_S = 1.0
 SAFETY = 0.97
@@ -192,7 +193,7 @@ class RateBudget:
 
     async def acquire(self, prompt_tokens: int, max_output_tokens: int | None, choices: int) -> Ticket:
         """Wait until one request fits every limit; reserve it."""
-        most = prompt_tokens + (max_output_tokens if max_output_tokens is not None else _ASSUMED) * choices
+        most = prompt_tokens + (max_output_tokens if max_output_tokens is not None else ASSUMED_OUTPUT_TOKENS) * choices
         expected_output = self.output_tokens if self.output_tokens is not None else most - prompt_tokens
         reserve = prompt_tokens + min(most - prompt_tokens, expected_output * choices)
         if self.tokens_per_minute and prompt_tokens + (max_output_tokens or 0) * choices > self.tokens_per_minute:
@@ -266,9 +267,6 @@ class RateBudget:
             return f"{value:,.0f} ({source})"
         return (f"limits rpm {limit(self.requests_per_minute, self.configured[0])}, "
                 f"tpm {limit(self.tokens_per_minute, self.configured[1])}")
-
-
-_ASSUMED = 1024  # output tokens per choice assumed when the job sets no maximum (see tokens.py)
 
 
 def _lowest(configured: float | None, learned: float | None) -> float | None:

@@ -140,9 +140,3 @@ class TokenCounter:
                     total += TOKENS_PER_NAME
         return total
 
-
-def request_token_cost(prompt_tokens: int, max_output_tokens: int | None, choices: int) -> int:
-    """Prompt tokens plus the most the reply may use, as the TPM budget counts it
-    (:data:`ASSUMED_OUTPUT_TOKENS` per choice when the job sets no maximum)."""
-    output = max_output_tokens if max_output_tokens is not None else ASSUMED_OUTPUT_TOKENS
-    return prompt_tokens + output * choices
