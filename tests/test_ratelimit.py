@@ -7,19 +7,7 @@ import pytest
 from pipeline.errors import RowRejected
 from pipeline.pacing import Pacer
 from pipeline.ratelimit import SAFETY, RateBudget, ServerView, Ticket, TokenBucket, bucket
-
-
-class FakeTime:
-    def __init__(self):
-        self.now = 0.0
-        self.slept = []
-
-    def clock(self):
-        return self.now
-
-    async def sleep(self, seconds):
-        self.slept.append(seconds)
-        self.now += seconds
+from test_runner import FakeTime
 
 
 def test_request_buckets_hold_about_a_second_not_a_minute():
