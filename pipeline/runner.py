@@ -391,7 +391,8 @@ def completion_result(job: Job, validator: Validator | None, completion: Complet
                       attempts: int, latency_s: float | None) -> RowResult:
     """A row's result from a reply: ok, refused, or (structured and not valid) invalid_output."""
     refused = bool(completion.refusal) and not completion.replies[0]
-    kept = replace(completion, rate_info=None, logprobs=None)
+    kept = completion if completion.rate_info is None and completion.logprobs is None else \
+        replace(completion, rate_info=None, logprobs=None)
     if refused:
         return RowResult(status=STATUS_REFUSED, attempts=attempts, completion=kept, http_status=200,
                          cost_usd=cost, latency_s=latency_s, error_type="refusal", error_message=completion.refusal)

@@ -75,9 +75,11 @@ class Tally:
             self.refusals += 1
         model = self.models.setdefault(completion.model or "(not reported)", ModelTally())
         model.rows += 1
-        usage = completion.usage
-        for name in TOKEN_FIELDS:
-            model.tokens[name] += getattr(usage, name) or 0
+        usage, tokens = completion.usage, model.tokens
+        tokens["prompt_tokens"] += usage.prompt_tokens or 0
+        tokens["cached_tokens"] += usage.cached_tokens or 0
+        tokens["completion_tokens"] += usage.completion_tokens or 0
+        tokens["reasoning_tokens"] += usage.reasoning_tokens or 0
         self.tokens_total += usage.total_tokens or 0
         if result.cost_usd is None:
             model.rows_without_cost += 1
