@@ -19,11 +19,14 @@ import json
 import os
 import sys
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from . import batch as batch_mode
+from .batchapi import TERMINAL as BATCH_ENDED
 from .client import redact
 from .local import local_job
 from .errors import ChatbatchError, JobError
@@ -269,36 +272,35 @@ def batch() -> None:
     """The same job through OpenAI's Batch API: half the price, answers within 24 hours."""
 
 
-def _batch_command(name: str, help_text: str, extra: list | None = None):
-    """A ``batch`` subcommand taking JOB_FILE and the run flags, running ``action(job, prepared, http, **kw)``."""
-    def decorate(action):
-        @batch.command(name=name, help=help_text)
-        @click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-        @_with_run_options
-        @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-        def command(job_file: Path | None, as_json: bool, **options: Any) -> None:
-            kwargs = {key: options.pop(key) for key in list(options) if key in (extra or [])}
-            fresh = bool(options.pop("fresh"))
-            options.pop("retry_errors")
-            api_key = options.get("api_key")
+def _batch_command(name: str, help_text: str, action, options: tuple = ()) -> None:
+    """Register ``batch NAME``: JOB_FILE and the run flags, then ``action(job, prepared, http, **options)``."""
+    @click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+    @_with_run_options
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    def command(job_file: Path | None, as_json: bool, **flags: Any) -> None:
+        kwargs = {key: flags.pop(key) for key in extra}
+        fresh = bool(flags.pop("fresh"))
+        flags.pop("retry_errors")
+        api_key = flags.get("api_key")
+        try:
+            job = build_job(job_file, _overrides(flags), os.environ, api_key=api_key)
+            prepared = prepare(job, fresh=fresh)
             try:
-                job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
-                prepared = prepare(job, fresh=fresh)
-                try:
-                    result = asyncio.run(_with_http(action, job, prepared, **kwargs))
-                finally:
-                    prepared.store.close()
-            except JobError as exc:
-                _fail(str(exc), EXIT_BAD_JOB, api_key)
-            except ChatbatchError as exc:
-                _fail(str(exc), EXIT_ABORTED, api_key)
-            except KeyboardInterrupt:
-                _fail("interrupted", EXIT_INTERRUPTED, api_key)
-            _print_batch_result(result, as_json, job.quiet)
-        for decorator in reversed(extra_options.get(name, [])):
-            command = decorator(command)
-        return command
-    return decorate
+                result = asyncio.run(_with_http(action, job, prepared, **kwargs))
+            finally:
+                prepared.store.close()
+        except JobError as exc:
+            _fail(str(exc), EXIT_BAD_JOB, api_key)
+        except ChatbatchError as exc:
+            _fail(str(exc), EXIT_ABORTED, api_key)
+        except KeyboardInterrupt:
+            _fail("interrupted", EXIT_INTERRUPTED, api_key)
+        _print_batch_result(result, as_json, job.quiet)
+
+    extra = {option.name for option in options}
+    for option in reversed(options):
+        command = click.option(*option.opts, **option.kwargs)(command)
+    batch.command(name=name, help=help_text)(command)
 
 
 async def _with_http(action, job, prepared, **kwargs):
@@ -319,49 +321,32 @@ def _print_batch_result(result, as_json: bool, quiet: bool) -> None:
                            f"{item.get('last_row', '?')}"
                            + (f"  requests {counts.get('completed', 0)}/{counts.get('total', 0)} done, "
                               f"{counts.get('failed', 0)} failed" if counts else ""))
-        running = [i for i in result if i["status"] not in batch_api_terminal()]
-        sys.exit(EXIT_PENDING if running and any("request_counts" in i for i in result) else 0)
+        running = [i for i in result if "request_counts" in i and i["status"] not in BATCH_ENDED]
+        sys.exit(EXIT_PENDING if running else 0)
     if not quiet:
         click.echo(json.dumps(result.summary, indent=2) if as_json else format_summary(result.summary))
         click.echo(f"output: {result.output_path}\nsummary: {result.summary_path}")
     sys.exit(result.exit_code)
 
 
-def batch_api_terminal() -> set:
-    from .batchapi import TERMINAL
-    return TERMINAL
+@dataclass(frozen=True)
+class _Option:
+    name: str
+    opts: tuple
+    kwargs: dict
 
 
-extra_options = {
-    "collect": [click.option("--wait", is_flag=True, help="Poll (with backoff) until every batch has ended."),
-                click.option("--poll-interval", type=click.FloatRange(0), default=5.0,
-                             help="First wait between polls in seconds [5].")],
-}
+async def _collect(job, prepared, http, wait: bool, poll_interval: float):
+    return await batch_mode.collect(job, prepared, http, wait=wait, poll_s=poll_interval)
 
 
-@_batch_command("submit", "Upload the job's requests and create its batches (never twice).")
-async def batch_submit(job, prepared, http):
-    from .batch import submit
-    return await submit(job, prepared, http)
-
-
-@_batch_command("status", "Show each batch's state and request counts.")
-async def batch_status(job, prepared, http):
-    from .batch import status
-    return await status(job, prepared, http)
-
-
-@_batch_command("collect", "Download results and write the output (--wait to wait for them).",
-                extra=["wait", "poll_interval"])
-async def batch_collect(job, prepared, http, wait=False, poll_interval=5.0):
-    from .batch import collect
-    return await collect(job, prepared, http, wait=wait, poll_s=poll_interval)
-
-
-@_batch_command("cancel", "Cancel the job's batches that are still running.")
-async def batch_cancel(job, prepared, http):
-    from .batch import cancel
-    return await cancel(job, prepared, http)
+_batch_command("submit", "Upload the job's requests and create its batches (never twice).", batch_mode.submit)
+_batch_command("status", "Show each batch's state and request counts.", batch_mode.status)
+_batch_command("collect", "Download results and write the output (--wait to wait for them).", _collect, (
+    _Option("wait", ("--wait",), dict(is_flag=True, help="Poll (with backoff) until every batch has ended.")),
+    _Option("poll_interval", ("--poll-interval",), dict(type=click.FloatRange(0), default=5.0,
+                                                        help="First wait between polls in seconds [5]."))))
+_batch_command("cancel", "Cancel the job's batches that are still running.", batch_mode.cancel)
 
 
 @main.command()

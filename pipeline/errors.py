@@ -9,7 +9,6 @@ property of its class — never a string match on a message::
     ├── JobError                 bad job file, flag or input: nothing was sent (exit 2)
     │   ├── InputError           unreadable input, missing column, ...
     │   └── OutputExistsError    output exists and --overwrite was not given
-    ├── RunAborted               the run stopped early; partial output was written (exit 3)
     ├── CostCapReached           the next request could cross max_cost (the run stops, exit 3)
     └── RequestFailed            one HTTP exchange failed (carries http_status, error_type)
         ├── retryable = True
@@ -43,14 +42,6 @@ class InputError(JobError):
 
 class OutputExistsError(JobError):
     """The output file exists and overwriting was not asked for."""
-
-
-class RunAborted(ChatbatchError):
-    """The run stopped before every row was sent (auth, quota, interrupt)."""
-
-    def __init__(self, message: str, *, exit_code: int = 3) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class CostCapReached(ChatbatchError):

@@ -2,8 +2,9 @@
 
 Without 429s a :class:`Pacer` is off and costs one attribute check. A wave of 429s (at most one
 cut per :data:`CUT_INTERVAL_S`) turns it on at half the rate that was getting through just before —
-measured as ok replies over the last :data:`WINDOW_S` seconds — and each later ok reply raises the
-rate by a small step, so it grows about :data:`GROWTH_PER_S` (10%) a second. Requests are then spaced
+measured as ok replies over the last :data:`WINDOW_S` seconds (or :data:`START_RATE` when none got
+through) — and each later ok reply raises the rate by ``max(GROWTH_PER_S, 1 / rate)``: about +1/s per
+second below 10/s (slow start), about 10% a second above. Requests are then spaced
 ``1 / rate`` apart: no bursts, so after a pause the run does not fire every worker into the same
 wall. Once the rate has grown well past anything the server was seen to take, pacing switches off.
 
