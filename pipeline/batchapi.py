@@ -1,8 +1,11 @@
 """OpenAI's Files and Batch APIs: the HTTP exchanges ``chatbatch batch`` needs, and nothing more.
 
-Every call goes through :func:`pipeline.retry.call_with_retries` (the one retry loop), with HTTP
-statuses mapped to the same error tree as chat completions (401/403 stop; 5xx, 408/409, 429 and
-connection failures are retried). The ``httpx.AsyncClient`` is injected.
+Every call goes through :func:`pipeline.retry.call_with_retries` (the one retry loop), and every
+failure through :func:`pipeline.client.http_failure` / :func:`~pipeline.client.transport_failure`,
+the same mapping as chat completions: 401/403 and ``insufficient_quota`` stop; 5xx, 408/409, 429,
+timeouts and connection failures are retried; the API key is redacted from every message. A cancel
+that the server refuses (400, 409: the batch has ended or cannot be cancelled) is not retried. The
+``httpx.AsyncClient`` is injected.
 
 Limits of one batch input file, from OpenAI's documentation: :data:`MAX_REQUESTS` requests and
 :data:`MAX_FILE_BYTES` bytes, one model per file.
@@ -15,8 +18,8 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
-from .errors import AuthFailed, RateLimited, RequestFailed, RowRejected, ServerError, TransportFailure
-from .headers import retry_after_s
+from .client import http_failure, transport_failure
+from .errors import BadResponse
 from .jobspec import Endpoint, RetrySettings
 from .retry import call_with_retries
 
@@ -24,6 +27,8 @@ MAX_REQUESTS = 50_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 CHAT_PATH = "/v1/chat/completions"
+TIMEOUT_S = 300.0  # one Files/Batch call (an upload may be 200 MB)
+CANCEL_REFUSED = (400, 409)  # the batch has ended or cannot be cancelled: final, not retried
 
 
 class BatchClient:
@@ -32,6 +37,7 @@ class BatchClient:
         self._http = http
         self._base = endpoint.url.rsplit("/chat/completions", 1)[0]
         self._headers = {k: v for k, v in endpoint.headers().items() if k != "Content-Type"}
+        self._secret = endpoint.api_key
         self._retry, self._sleep, self._random = retry, sleep, random
 
     async def upload(self, filename: str, content: bytes) -> dict:
@@ -47,26 +53,29 @@ class BatchClient:
         return await self._call("GET", f"/batches/{batch_id}")
 
     async def cancel(self, batch_id: str) -> dict:
-        return await self._call("POST", f"/batches/{batch_id}/cancel")
+        return await self._call("POST", f"/batches/{batch_id}/cancel", final=CANCEL_REFUSED)
 
     async def content(self, file_id: str) -> bytes:
         return await self._call("GET", f"/files/{file_id}/content", raw=True)
 
-    async def _call(self, method: str, path: str, *, raw: bool = False, **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, *, raw: bool = False, final: tuple[int, ...] = (),
+                    **kwargs: Any) -> Any:
+        context = f"{method} {path}: "
+
         async def attempt() -> Any:
             try:
                 response = await self._http.request(method, self._base + path, headers=self._headers,
-                                                    timeout=300.0, **kwargs)
-            except httpx.TransportError as exc:
-                raise TransportFailure(f"{method} {path}: connection failed: {exc}") from exc
+                                                    timeout=TIMEOUT_S, **kwargs)
+            except (TimeoutError, httpx.TransportError) as exc:
+                raise transport_failure(exc, self._secret, TIMEOUT_S, context=context) from exc
             if response.status_code >= 300:
-                raise _failure(method, path, response)
+                raise http_failure(response, self._secret, context=context, final=final)
             if raw:
                 return response.content
             try:
                 return response.json()
             except ValueError as exc:
-                raise ServerError(f"{method} {path}: reply is not JSON", http_status=response.status_code) from exc
+                raise BadResponse(f"{context}reply is not JSON", http_status=response.status_code) from exc
 
         outcome = await call_with_retries(attempt, self._retry, sleep=self._sleep, random=self._random)
         if outcome.failure is not None:
@@ -74,21 +83,18 @@ class BatchClient:
         return outcome.value
 
 
-def _failure(method: str, path: str, response: httpx.Response) -> RequestFailed:
-    status = response.status_code
-    try:
-        error = response.json().get("error") or {}
-        detail = error.get("message") if isinstance(error, dict) else str(error)
-    except (ValueError, AttributeError):
-        detail = response.text[:300]
-    message = f"{method} {path}: HTTP {status}: {detail or 'no message'}"
-    if status in (401, 403):
-        return AuthFailed(message, http_status=status)
-    if status == 429:
-        return RateLimited(message, http_status=status, retry_after_s=retry_after_s(response.headers))
-    if status in (408, 409) or status >= 500:
-        return ServerError(message, http_status=status, retry_after_s=retry_after_s(response.headers))
-    return RowRejected(message, http_status=status)
+def batch_errors(info: dict) -> str | None:
+    """A failed batch's errors (``errors.data``: code, message, line) as one line of text."""
+    errors = info.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    if not isinstance(data, list) or not data:
+        return None
+    texts = []
+    for error in data:
+        if isinstance(error, dict):
+            line = f" (line {error['line']})" if error.get("line") is not None else ""
+            texts.append(f"{error.get('code') or 'error'}: {error.get('message') or 'no message'}{line}")
+    return "; ".join(texts) or None
 
 
 def input_line(custom_id: str, body: bytes) -> bytes:

@@ -1,8 +1,10 @@
 """One HTTP exchange with an OpenAI-compatible Chat Completions endpoint.
 
 :class:`ChatClient` posts a ready-made JSON body and returns a :class:`~pipeline.records.Completion`,
-or raises one of the :mod:`pipeline.errors` classes — this is the one place where HTTP statuses and
-httpx's exceptions are translated. It never retries or sleeps; :mod:`pipeline.retry` does that.
+or raises one of the :mod:`pipeline.errors` classes. :func:`http_failure` and
+:func:`transport_failure` are the one place where HTTP statuses and httpx's exceptions are translated —
+for chat completions here and for the Files and Batch APIs (:mod:`pipeline.batchapi`) alike. Nothing
+here retries or sleeps; :mod:`pipeline.retry` does that.
 
 The ``httpx.AsyncClient`` is injected: :func:`pipeline.transport.make_http_client` builds the
 production one, and unit tests pass one built on ``httpx.MockTransport``. Requests are built once
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
-from typing import Any
+from typing import Any, Collection
 
 import httpx
 
@@ -54,10 +56,7 @@ class ChatClient:
                                         extensions=self._extensions)
                 response = await self._http.send(request)
         except (TimeoutError, httpx.TransportError) as exc:
-            if _is_timeout(exc):
-                raise TransportFailure(f"no reply within {self._timeout_s:g}s", error_type="timeout") from exc
-            detail = redact(str(exc) or type(exc).__name__, self._secret)
-            raise TransportFailure(f"connection failed: {detail}", error_type="connection_error") from exc
+            raise transport_failure(exc, self._secret, self._timeout_s) from exc
         info = rate_limit_info(response.headers)
         if response.status_code == 200:
             try:
@@ -66,24 +65,40 @@ class ChatClient:
                 exc.rate_info = info
                 raise
             return replace(completion, rate_info=info) if info else completion
-        failure = self._failure(response)
+        failure = http_failure(response, self._secret)
         failure.rate_info = info
         raise failure
 
-    def _failure(self, response: httpx.Response) -> RequestFailed:
-        status = response.status_code
-        kind, code, message = _error_fields(response.content)
-        message = redact(f"HTTP {status}: {message}", self._secret)
-        wait_s = retry_after_s(response.headers)
-        if status == 429:
-            if "insufficient_quota" in (kind, code):
-                return QuotaExhausted(message, http_status=status)
-            return RateLimited(message, http_status=status, retry_after_s=wait_s)
-        if status in (401, 403):
-            return AuthFailed(message, http_status=status, error_type=code if status == 403 and code else None)
-        if status in (408, 409) or status >= 500:
-            return ServerError(message, http_status=status, retry_after_s=wait_s)
-        return RowRejected(message, http_status=status, error_type=code or kind or None)
+
+def http_failure(response: httpx.Response, secret: str | None, *, context: str = "",
+                 final: Collection[int] = ()) -> RequestFailed:
+    """The error for an HTTP error ``response`` (chat, files and batches alike), the key redacted.
+
+    ``context`` prefixes the message (e.g. ``"POST /files: "``); statuses in ``final`` are never
+    retried (a 409 on a batch cancel means the batch cannot be cancelled, not "try again").
+    """
+    status = response.status_code
+    kind, code, message = _error_fields(response.content)
+    message = redact(f"{context}HTTP {status}: {message}", secret)
+    wait_s = retry_after_s(response.headers)
+    if status == 429:
+        if "insufficient_quota" in (kind, code):
+            return QuotaExhausted(message, http_status=status)
+        return RateLimited(message, http_status=status, retry_after_s=wait_s)
+    if status in (401, 403):
+        return AuthFailed(message, http_status=status, error_type=code if status == 403 and code else None)
+    if status not in final and (status in (408, 409) or status >= 500):
+        return ServerError(message, http_status=status, retry_after_s=wait_s)
+    return RowRejected(message, http_status=status, error_type=code or kind or None)
+
+
+def transport_failure(exc: BaseException, secret: str | None, timeout_s: float, *,
+                      context: str = "") -> TransportFailure:
+    """The error for a request that got no HTTP response: a timeout, or a failed connection."""
+    if _is_timeout(exc):
+        return TransportFailure(f"{context}no reply within {timeout_s:g}s", error_type="timeout")
+    detail = redact(str(exc) or type(exc).__name__, secret)
+    return TransportFailure(f"{context}connection failed: {detail}", error_type="connection_error")
 
 
 def _is_timeout(exc: BaseException) -> bool:
