@@ -197,8 +197,8 @@ be set after creation: a dict keyed by creation index, or a callable
   only the first half of the lines (``total // 2``) are answered, the rest
   are in neither file.
 * "fail": the next step -> "failed" with ``failed_at`` and ``errors: {"object":
-  "list", "data": [{"code": "invalid_json", "message", "param": null, "line":
-  1}]}``; no output or error file.
+  "list", "data": fake.batch_fail_errors}`` (default ``[{"code": "invalid_json",
+  "message", "param": null, "line": 1}]``); no output or error file.
 * "errors_only": "completed" with only an error file, every line
   ``"response": null, "error": {"code": "server_error", ...}``.
 
@@ -206,6 +206,11 @@ With ``fake.batch_unfinished_errors = True`` (default False) the lines an
 expired or cancelled batch left unanswered go to the error file with
 ``"response": null`` and error code "batch_expired" / "batch_cancelled" (as
 OpenAI's newer documentation describes) instead of being absent.
+
+``fake.batch_fault``: None, or a callable ``(method, path) -> (status, body)
+or None`` asked first for every Files/Batch call (before auth); a tuple is
+answered as is (JSON body), e.g. ``lambda m, p: (429, {"error": {"code":
+"insufficient_quota", ...}}) if p == "/v1/files" else None``.
 
 Recorded state: ``fake.files`` (id -> {"purpose", "filename", "content":
 bytes, "created_at"}), ``fake.batches`` (id -> {"batch": the Batch object,

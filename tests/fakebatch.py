@@ -157,6 +157,9 @@ class FakeBatchAPI:
         self.batch_outcome: dict[int, str] | Callable[[int, dict], str | None] = {}
         self.batch_shuffle = True
         self.batch_unfinished_errors = False
+        self.batch_fail_errors = [{"code": "invalid_json", "message": "fakeapi: batch failed on purpose "
+                                   "(batch_outcome 'fail')", "param": None, "line": 1}]
+        self.batch_fault: Callable[[str, str], tuple[int, Any] | None] | None = None
 
     def _reset_batches(self) -> None:
         """Forget files, batches and the batch request log."""
@@ -169,6 +172,11 @@ class FakeBatchAPI:
     async def _batch_route(self, request: web.Request) -> web.StreamResponse:
         """Route (404) -> auth (401) -> the handler; errors are raised (ApiError / Reply)."""
         self.batch_requests_log.append((request.method, request.path))
+        fault = self.batch_fault(request.method, request.path) if self.batch_fault else None
+        if fault is not None:
+            error = ApiError(fault[0], "fakeapi: batch_fault")
+            error.body = fault[1]
+            raise error
         for method, pattern, name in ROUTES:
             match = pattern.match(request.path)
             if match and request.method == method:
@@ -290,10 +298,8 @@ class FakeBatchAPI:
             return self._finish(state, "cancelled", half)
         outcome = self._outcome(state)
         if outcome == "fail":
-            error = {"code": "invalid_json", "message": "fakeapi: batch failed on purpose "
-                     "(batch_outcome 'fail')", "param": None, "line": 1}
             batch.update(status="failed", failed_at=now,
-                         errors={"object": "list", "data": [error]})
+                         errors={"object": "list", "data": [dict(e) for e in self.batch_fail_errors]})
         elif status == "validating":
             batch.update(status="in_progress", in_progress_at=now, expires_at=batch["created_at"] + 86400)
             batch["request_counts"]["total"] = len(state["lines"])
