@@ -1,20 +1,27 @@
 """``chatbatch batch``: the same job through OpenAI's Batch API, at half the price, within 24 hours.
 
 * ``submit`` renders every request exactly as ``run`` would (skipped rows stay skipped; rows the
-  job's journal already holds are not sent again), writes JSONL (``custom_id`` = ``row-<index>``),
-  splits it into files of at most 50,000 requests and 200 MB, uploads each (purpose ``batch``),
-  creates a batch per file (endpoint ``/v1/chat/completions``, window ``24h``, metadata naming the
-  job) and records each batch id in the job's state the moment it exists — a second ``submit``
-  while batches are open is refused, so nothing is submitted twice.
-* ``status`` asks for each batch's state and request counts.
+  job's journal already holds are not sent again, nor — with ``retry_errors`` — are only its ok
+  rows), writes JSONL (``custom_id`` = ``row-<index>``), splits it into files of at most 50,000
+  requests and 200 MB, uploads each (purpose ``batch``), creates a batch per file (endpoint
+  ``/v1/chat/completions``, window ``24h``, metadata naming the job) and records each batch id in
+  the job's state the moment it exists. Starting a run while batches are open is refused by
+  :func:`pipeline.state.open_state`, so nothing is submitted twice. With nothing to send it returns
+  ``[]`` and marks the job complete.
+* ``status`` asks for each open batch's state, request counts and errors; it reads the state as it
+  is (:data:`~pipeline.state.INSPECT`) and never changes whether the job is complete.
 * ``collect`` (``--wait`` polls with backoff until every batch has ended) downloads the output and
   error files, maps lines back to rows by ``custom_id``, journals them, and writes the same output
-  Parquet and summary as ``run``, costed at Batch prices. Error lines (including ``status_code`` 0
-  style errors) become row errors; rows of an expired, cancelled or failed batch with no answer are
-  left unanswered (``batch_expired`` / ``batch_cancelled`` / ``batch_failed``) and are not
-  journaled, so ``batch submit`` (again) or ``run`` sends them — with the resume state shared, ``run``
-  never re-sends what a batch answered, and ``run --retry-errors`` retries the batch's failed rows.
-* ``cancel`` cancels every open batch.
+  Parquet and summary as ``run``, costed at Batch prices; the job is then complete when every row
+  has its final answer. Error lines (including ``status_code`` 0 style errors) become row errors; a
+  reply invalid for the schema while the row has ``validation_retries`` left is counted (with its
+  cost) but not journaled, so the next ``submit`` or ``run`` sends the row again. Rows of an
+  expired, cancelled or failed batch with no answer are left unanswered (``batch_expired`` /
+  ``batch_cancelled`` / ``batch_failed``, with a failed batch's errors) and are not journaled, so
+  ``batch submit`` (again) or ``run`` sends them — with the resume state shared, ``run`` never
+  re-sends what a batch answered, and ``run --retry-errors`` retries the batch's failed rows.
+* ``cancel`` asks each open batch's state and cancels those still running; a cancel the server
+  refuses is reported for that batch, and the others go on.
 
 Azure OpenAI's batch routes are not supported yet.
 """
@@ -26,20 +33,21 @@ from dataclasses import dataclass
 
 import httpx
 
-from .batchapi import MAX_FILE_BYTES, MAX_REQUESTS, TERMINAL, BatchClient, input_line
-from .client import parse_completion
+from .batchapi import MAX_FILE_BYTES, MAX_REQUESTS, TERMINAL, BatchClient, batch_errors, input_line
+from .client import http_failure, parse_completion
 from .errors import JobError, RequestFailed
 from .jobspec import Job
 from .prompts import RowRenderer
 from .records import STATUS_ERROR, RowResult
-from .run import REAL_SEAMS, Prepared, RunReport, write_report
+from .run import REAL_SEAMS, Prepared, RunReport, state_dir, write_report
 from .runner import Seams, completion_result
-from .state import journaled
+from .state import INSPECT, StateStore, journaled, open_state
 from .structured import Validator
 
 POLL_START_S = 5.0
 POLL_MAX_S = 300.0
 UNANSWERED = {"expired": "batch_expired", "cancelled": "batch_cancelled", "failed": "batch_failed"}
+SEND_AGAIN = "'chatbatch batch submit' or 'chatbatch run' sends it again"
 
 
 @dataclass
@@ -56,19 +64,24 @@ def _client(job: Job, http: httpx.AsyncClient, seams: Seams) -> BatchClient:
     return BatchClient(http, job.endpoint, job.retry, seams.sleep, seams.random)
 
 
-async def submit(job: Job, prepared: Prepared, http: httpx.AsyncClient, seams: Seams = REAL_SEAMS) -> list[dict]:
-    """Upload and create the job's batches; returns them as recorded."""
+def open_batches(job: Job) -> StateStore | None:
+    """The job's state for ``status`` / ``cancel`` (locked; close it), or None when it has none."""
+    directory = state_dir(job)
+    if not (directory / "journal.sqlite").is_file():
+        return None
+    return open_state(directory, None, purpose=INSPECT)
+
+
+async def submit(job: Job, prepared: Prepared, http: httpx.AsyncClient, seams: Seams = REAL_SEAMS,
+                 *, retry_errors: bool = False) -> list[dict]:
+    """Upload and create the job's batches; returns them as recorded (``[]``: nothing to send)."""
     store = prepared.store
-    open_batches = [b["batch_id"] for b in store.batches() if not b["collected"]]
-    if open_batches:
-        raise JobError(f"this job already has batches in progress ({', '.join(open_batches)}): use "
-                       "'chatbatch batch status' / 'collect', or 'cancel' them, before submitting again")
     client = _client(job, http, seams)
     renderer = RowRenderer.for_job(job)
     name = job.output_path.stem
     chunk, created, start = Chunk([]), [], 0
     for batch in prepared.source.batches(65536):
-        done = store.results_between(start, start + batch.num_rows)
+        done = store.results_between(start, start + batch.num_rows, retry_errors)
         for index, item in enumerate(renderer.render_batch(batch)):
             row = start + index
             if isinstance(item, RowResult) or row in done:
@@ -85,6 +98,8 @@ async def submit(job: Job, prepared: Prepared, http: httpx.AsyncClient, seams: S
         start += batch.num_rows
     if chunk.lines:
         created.append(await _send_chunk(client, store, chunk, name, len(created)))
+    if not created:  # every row already has its final answer (or is skipped)
+        store.set_meta({"complete": "true"})
     return created
 
 
@@ -96,25 +111,48 @@ async def _send_chunk(client: BatchClient, store, chunk: Chunk, name: str, numbe
             "first_row": chunk.first_row, "last_row": chunk.last_row, "status": batch["status"]}
 
 
-async def status(job: Job, prepared: Prepared, http: httpx.AsyncClient, seams: Seams = REAL_SEAMS) -> list[dict]:
-    """Every recorded batch with its current state and request counts."""
+async def status(job: Job, store: StateStore | None, http: httpx.AsyncClient,
+                 seams: Seams = REAL_SEAMS) -> list[dict]:
+    """Every recorded batch: collected ones as recorded, the others with their current state."""
+    if store is None:
+        return []
     client, out = _client(job, http, seams), []
-    for recorded in prepared.store.batches():
-        info = await client.get(recorded["batch_id"])
-        prepared.store.update_batch(recorded["batch_id"], status=info["status"], collected=bool(recorded["collected"]))
-        out.append({**recorded, "status": info["status"], "request_counts": info.get("request_counts")})
-    return out
-
-
-async def cancel(job: Job, prepared: Prepared, http: httpx.AsyncClient, seams: Seams = REAL_SEAMS) -> list[dict]:
-    client, out = _client(job, http, seams), []
-    for recorded in prepared.store.batches():
-        if recorded["collected"] or recorded["status"] in TERMINAL:
+    for recorded in store.batches():
+        if recorded["collected"]:
+            out.append({**recorded, "collected": True})
             continue
-        info = await client.cancel(recorded["batch_id"])
-        prepared.store.update_batch(recorded["batch_id"], status=info["status"])
-        out.append({"batch_id": recorded["batch_id"], "status": info["status"]})
+        info = await client.get(recorded["batch_id"])
+        errors = batch_errors(info)
+        store.update_batch(recorded["batch_id"], status=info["status"], errors=errors)
+        out.append({**recorded, "status": info["status"], "collected": False,
+                    "errors": errors or recorded["errors"], "request_counts": info.get("request_counts")})
     return out
+
+
+async def cancel(job: Job, store: StateStore | None, http: httpx.AsyncClient,
+                 seams: Seams = REAL_SEAMS) -> list[dict]:
+    """Cancel every open batch still running; each result says ``cancel``: requested, skipped or failed."""
+    if store is None:
+        return []
+    client = _client(job, http, seams)
+    return [await _cancel_one(client, store, recorded) for recorded in store.batches() if not recorded["collected"]]
+
+
+async def _cancel_one(client: BatchClient, store: StateStore, recorded: dict) -> dict:
+    batch_id, state = recorded["batch_id"], recorded["status"]
+    try:
+        info = await client.get(batch_id)
+        state = info["status"]
+        store.update_batch(batch_id, status=state, errors=batch_errors(info))
+        if state in TERMINAL or state == "cancelling":
+            return {**recorded, "status": state, "cancel": "skipped", "reason": f"already {state}"}
+        state = (await client.cancel(batch_id))["status"]
+    except RequestFailed as exc:
+        if exc.fatal:
+            raise
+        return {**recorded, "status": state, "cancel": "failed", "reason": exc.message}
+    store.update_batch(batch_id, status=state)
+    return {**recorded, "status": state, "cancel": "requested"}
 
 
 async def collect(job: Job, prepared: Prepared, http: httpx.AsyncClient, *, wait: bool,
@@ -122,23 +160,27 @@ async def collect(job: Job, prepared: Prepared, http: httpx.AsyncClient, *, wait
     """Download what ended; write the output when every batch has. Returns the report, or — when some
     batches are still running and ``wait`` is off — their states."""
     store, client = prepared.store, _client(job, http, seams)
-    recorded = store.batches()
-    if not recorded:
+    if not store.batches():
         raise JobError("this job has no submitted batches: run 'chatbatch batch submit' first")
     started, pending = seams.clock(), []
-    for batch in recorded:
+    for batch in store.batches():
+        if batch["collected"]:
+            continue
         info = await _until_done(client, batch["batch_id"], wait, poll_s, seams)
-        store.update_batch(batch["batch_id"], status=info["status"], collected=bool(batch["collected"]))
+        store.update_batch(batch["batch_id"], status=info["status"], errors=batch_errors(info))
         if info["status"] not in TERMINAL:
             pending.append({**batch, "status": info["status"], "request_counts": info.get("request_counts")})
             continue
-        if not batch["collected"]:
-            await _download(client, store, job, prepared, info)
-            store.update_batch(batch["batch_id"], status=info["status"], collected=True)
+        await _download(client, store, job, prepared, info)
+        store.update_batch(batch["batch_id"], status=info["status"], collected=True)
     if pending:
         return pending
-    return await write_report(job, prepared, started, seams, extra={"batches": [b["batch_id"] for b in recorded]},
-                              unanswered=_unanswered_result(store.batches()))
+    recorded = store.batches()
+    failed = {b["batch_id"]: b["errors"] for b in recorded if b["errors"]}
+    return await write_report(job, prepared, started, seams,
+                              extra={"batches": [b["batch_id"] for b in recorded],
+                                     **({"batch_errors": failed} if failed else {})},
+                              unanswered=_unanswered_result(job, recorded, store.invalid_replies()))
 
 
 async def _until_done(client: BatchClient, batch_id: str, wait: bool, poll_s: float, seams: Seams) -> dict:
@@ -150,25 +192,44 @@ async def _until_done(client: BatchClient, batch_id: str, wait: bool, poll_s: fl
         poll_s = min(poll_s * 1.5, POLL_MAX_S)
 
 
-async def _download(client: BatchClient, store, job: Job, prepared: Prepared, info: dict) -> None:
+async def _download(client: BatchClient, store: StateStore, job: Job, prepared: Prepared, info: dict) -> None:
     validator = Validator(job.output) if job.output else None
+    invalid = store.invalid_replies()
     for key in ("output_file_id", "error_file_id"):
         file_id = info.get(key)
         if not file_id:
             continue
         for raw in (await client.content(file_id)).splitlines():
-            if raw.strip():
-                row, result = _line_result(job, prepared, validator, json.loads(raw))
-                if row is not None and journaled(result):  # an expired/cancelled line stays unanswered
-                    store.record(row, None, result)
+            line = _parse_line(raw)
+            if line is not None:
+                row, result = _line_result(job, prepared, validator, line)
+                if row is not None:
+                    _keep(store, job, info["id"], row, result, invalid.get(row, (0, ""))[0])
     await store.committed()
 
 
+def _parse_line(raw: bytes) -> dict | None:
+    """One output/error file line; None for a blank or broken one (its row stays unanswered, sent again)."""
+    try:
+        line = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        return None
+    return line if isinstance(line, dict) else None
+
+
+def _keep(store: StateStore, job: Job, batch_id: str, row: int, result: RowResult, invalid_before: int) -> None:
+    """Journal a row's batch answer — or, an invalid reply with validation retries left, count it."""
+    result.attempts = invalid_before + 1  # every earlier batch answer to this row was invalid
+    if result.error_type == "invalid_output" and invalid_before < job.validation_retries:
+        store.record_invalid(row, batch_id, result.cost_usd, result.error_message or "invalid reply")
+    elif journaled(result):  # an expired/cancelled line stays unanswered
+        store.record(row, None, result)
 def _line_result(job: Job, prepared: Prepared, validator, line: dict) -> tuple[int | None, RowResult]:
+    """A row and its result from one output/error file line; HTTP errors mapped as ``run`` maps them."""
     custom_id = str(line.get("custom_id", ""))
     row = int(custom_id[4:]) if custom_id.startswith("row-") and custom_id[4:].isdigit() else None
-    response = line.get("response") or {}
-    status_code = response.get("status_code") or 0
+    response = line.get("response") if isinstance(line.get("response"), dict) else {}
+    status_code = response.get("status_code") if isinstance(response.get("status_code"), int) else 0
     body = response.get("body")
     if status_code == 200 and isinstance(body, dict):
         try:
@@ -178,24 +239,37 @@ def _line_result(job: Job, prepared: Prepared, validator, line: dict) -> tuple[i
                                   error_message=exc.message, http_status=200)
         cost = prepared.prices.cost_usd(completion.model or job.model, completion.usage, batch=True)
         return row, completion_result(job, validator, completion, cost, 1, None)
-    error = line.get("error") or (body.get("error") if isinstance(body, dict) else None) or {}
+    if status_code >= 300:
+        failure = http_failure(httpx.Response(status_code, content=json.dumps(body).encode()),
+                               job.endpoint.api_key, context="batch line: ")
+        return row, RowResult(status=STATUS_ERROR, attempts=1, error_type=failure.error_type,
+                              error_message=failure.message, http_status=status_code)
+    error = line.get("error") or {}
     code = error.get("code") if isinstance(error, dict) else None
     message = error.get("message") if isinstance(error, dict) else str(error)
-    return row, RowResult(status=STATUS_ERROR, attempts=1, error_type=code or f"batch_http_{status_code}",
+    return row, RowResult(status=STATUS_ERROR, attempts=1, error_type=code or "server_error",
                           error_message=f"batch line failed (status_code {status_code}): {message}",
                           http_status=status_code or None)
 
 
-def _unanswered_result(batches: list[dict]):
-    """For rows the journal lacks: why (their batch expired, was cancelled or failed), by row."""
-    spans = [(b["first_row"], b["last_row"], b["status"]) for b in batches if b["status"] in UNANSWERED]
+def _unanswered_result(job: Job, batches: list[dict], invalid: dict[int, tuple[int, str]]):
+    """For rows the journal lacks: why, by row — the latest batch holding the row expired, was
+    cancelled or failed, or its replies so far were invalid and it is to be sent again."""
+    spans = [(b["first_row"], b["last_row"], b["status"], b["errors"]) for b in reversed(batches)]
+    allowed = job.validation_retries + 1
 
     def reason(row: int) -> RowResult | None:
-        for first, last, state in spans:
+        for first, last, state, errors in spans:
             if first <= row <= last:
-                return RowResult(status=STATUS_ERROR, error_type=UNANSWERED[state],
-                                 error_message=f"no answer: the batch {state}; 'chatbatch batch submit' or "
-                                               "'chatbatch run' sends it again")
+                if state in UNANSWERED:
+                    detail = f" ({errors})" if errors else ""
+                    return RowResult(status=STATUS_ERROR, error_type=UNANSWERED[state],
+                                     error_message=f"no answer: the batch {state}{detail}; {SEND_AGAIN}")
+                break
+        if row in invalid:
+            count, message = invalid[row]
+            return RowResult(status=STATUS_ERROR, attempts=count, error_type="invalid_output",
+                             error_message=f"{message} (invalid reply {count} of {allowed} allowed by "
+                                           f"validation_retries); {SEND_AGAIN}")
         return None
     return reason
-

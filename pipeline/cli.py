@@ -9,7 +9,13 @@ progress display, prints the summary, and maps outcomes to the documented exit c
 2     bad job, flag or input: nothing was sent
 3     run aborted (auth, quota): partial output written
 130   interrupted (Ctrl-C / SIGTERM): partial output written
+4     internal error (a bug)
+5     batch status / collect: batches still running
 ====  =============================================================
+
+``batch`` subcommands: ``submit`` 0 (also with nothing to send, said on stderr), 2, 3; ``status``
+0 or 5; ``collect`` 0, 1 (rows failed or still unanswered) or 5; ``cancel`` 0, or 1 when a cancel
+was refused (the other batches are still cancelled). 2, 3, 4 and 130 as above for all of them.
 """
 
 from __future__ import annotations
@@ -29,13 +35,14 @@ from . import batch as batch_mode
 from .batchapi import TERMINAL as BATCH_ENDED
 from .client import redact
 from .local import local_job
-from .errors import ChatbatchError, JobError
+from .errors import ChatbatchError, JobError, RequestFailed
 from .jobspec import build_job
 from .estimate import estimate as estimate_job
 from .estimate import format_estimate
 from .pricing import load_prices
-from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, prepare, read_summary, run_job,
-                  token_counter)
+from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_ROW_ERRORS, RunReport, prepare,
+                  read_summary, run_job, token_counter)
+from .state import BEGIN, CONTINUE, INSPECT
 from .summary import format_summary
 
 EXIT_INTERNAL = 4
@@ -272,30 +279,40 @@ def batch() -> None:
     """The same job through OpenAI's Batch API: half the price, answers within 24 hours."""
 
 
-def _batch_command(name: str, help_text: str, action, options: tuple = ()) -> None:
-    """Register ``batch NAME``: JOB_FILE and the run flags, then ``action(job, prepared, http, **options)``."""
+def _batch_command(name: str, help_text: str, action, *, purpose: str, empty: str, takes: tuple = (),
+                   options: tuple = ()) -> None:
+    """Register ``batch NAME``: JOB_FILE and the run flags, then ``action(job, state, http, **options)``.
+
+    ``purpose`` says how the job's state is opened (:mod:`pipeline.state`); ``empty`` is said on
+    stderr when there was nothing to do; ``takes`` names which of ``fresh`` / ``retry_errors`` apply.
+    """
     @click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
     @_with_run_options
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     def command(job_file: Path | None, as_json: bool, **flags: Any) -> None:
         kwargs = {key: flags.pop(key) for key in extra}
-        fresh = bool(flags.pop("fresh"))
-        flags.pop("retry_errors")
-        api_key = flags.get("api_key")
+        resume = {key: bool(flags.pop(key)) for key in ("fresh", "retry_errors")}
+        secret = flags.get("api_key")
         try:
-            job = build_job(job_file, _overrides(flags), os.environ, api_key=api_key)
-            prepared = prepare(job, fresh=fresh)
-            try:
-                result = asyncio.run(_with_http(action, job, prepared, **kwargs))
-            finally:
-                prepared.store.close()
+            refused = [f"--{key.replace('_', '-')}" for key, given in resume.items() if given and key not in takes]
+            if refused:
+                raise JobError(f"'batch {name}' does not take {' or '.join(refused)}")
+            job = build_job(job_file, _overrides(flags), os.environ, api_key=secret)
+            secret = job.endpoint.api_key
+            if resume["retry_errors"]:
+                kwargs["retry_errors"] = True
+            result = _run_batch_action(job, action, purpose, resume["fresh"], kwargs)
         except JobError as exc:
-            _fail(str(exc), EXIT_BAD_JOB, api_key)
+            _fail(str(exc), EXIT_BAD_JOB, secret)
+        except RequestFailed as exc:  # the API refused (auth, quota, ...): as run says it
+            _fail(_with_advice(str(exc), exc.error_type), EXIT_ABORTED, secret)
         except ChatbatchError as exc:
-            _fail(str(exc), EXIT_ABORTED, api_key)
+            _fail(str(exc), EXIT_ABORTED, secret)
         except KeyboardInterrupt:
-            _fail("interrupted", EXIT_INTERRUPTED, api_key)
-        _print_batch_result(result, as_json, job.quiet)
+            _fail("interrupted", EXIT_INTERRUPTED, secret)
+        except Exception as exc:  # the CLI boundary: never show a traceback that could hold secrets
+            _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, secret)
+        sys.exit(_show_batch_result(name, result, as_json, job.quiet, empty))
 
     extra = {option.name for option in options}
     for option in reversed(options):
@@ -303,30 +320,78 @@ def _batch_command(name: str, help_text: str, action, options: tuple = ()) -> No
     batch.command(name=name, help=help_text)(command)
 
 
-async def _with_http(action, job, prepared, **kwargs):
+def _run_batch_action(job, action, purpose: str, fresh: bool, kwargs: dict):
+    """Open the job's state as ``purpose`` says, run ``action`` with an HTTP client, close the state."""
+    if purpose == INSPECT:
+        state = store = batch_mode.open_batches(job)
+    else:
+        state = prepare(job, fresh=fresh, purpose=purpose)
+        store = state.store
+        for warning in state.warnings:
+            click.echo(f"chatbatch: warning: {warning}", err=True)
+    try:
+        return asyncio.run(_with_http(action, job, state, **kwargs))
+    finally:
+        if store is not None:
+            store.close()
+
+
+async def _with_http(action, job, state, **kwargs):
     import httpx
 
     async with httpx.AsyncClient(timeout=300.0) as http:
-        return await action(job, prepared, http, **kwargs)
+        return await action(job, state, http, **kwargs)
 
 
-def _print_batch_result(result, as_json: bool, quiet: bool) -> None:
-    if isinstance(result, list):  # batches: submitted, their states, or still running
-        if as_json:
-            click.echo(json.dumps(result, indent=2))
-        else:
-            for item in result:
-                counts = item.get("request_counts") or {}
-                click.echo(f"{item['batch_id']}  {item['status']:<11} rows {item.get('first_row', '?')}-"
-                           f"{item.get('last_row', '?')}"
-                           + (f"  requests {counts.get('completed', 0)}/{counts.get('total', 0)} done, "
-                              f"{counts.get('failed', 0)} failed" if counts else ""))
-        running = [i for i in result if "request_counts" in i and i["status"] not in BATCH_ENDED]
-        sys.exit(EXIT_PENDING if running else 0)
+def _show_batch_result(name: str, result, as_json: bool, quiet: bool, empty: str) -> int:
+    """Print a batch command's result; return its exit code (see the module docstring)."""
+    if isinstance(result, RunReport):
+        return _show_collected(result, as_json, quiet)
+    for text in [json.dumps(result, indent=2)] if as_json else map(_batch_line, result):
+        click.echo(text)
+    if not result:
+        click.echo(f"chatbatch: {empty}", err=True)
+    if name == "cancel":
+        return EXIT_ROW_ERRORS if any(item["cancel"] == "failed" for item in result) else 0
+    running = [item for item in result if item["status"] not in BATCH_ENDED]
+    if name == "collect":
+        click.echo(f"chatbatch: {len(running)} batch(es) still running: collect again later, or with --wait",
+                   err=True)
+    return EXIT_PENDING if running and name in ("status", "collect") else 0
+
+
+def _batch_line(item: dict) -> str:
+    parts = [f"{item['batch_id']}  {item['status']:<11} rows {item.get('first_row', '?')}-{item.get('last_row', '?')}"]
+    counts = item.get("request_counts") or {}
+    if counts:
+        parts.append(f"requests {counts.get('completed', 0)}/{counts.get('total', 0)} done, "
+                     f"{counts.get('failed', 0)} failed")
+    if item.get("collected"):
+        parts.append("collected")
+    if "cancel" in item:
+        parts.append(f"cancel {item['cancel']}" + (f": {item['reason']}" if item.get("reason") else ""))
+    if item.get("errors"):
+        parts.append(f"errors: {item['errors']}")
+    return "  ".join(parts)
+
+
+def _show_collected(report: RunReport, as_json: bool, quiet: bool) -> int:
+    summary = report.summary
+    for batch_id, errors in (summary.get("batch_errors") or {}).items():
+        click.echo(f"chatbatch: batch {batch_id} failed: {errors}", err=True)
+    if summary.get("rows_unfinished"):
+        click.echo(f"chatbatch: {summary['rows_unfinished']:,} rows have no final answer yet (their batch "
+                   "expired, was cancelled or failed, or the reply was invalid and is to be retried; see "
+                   "error_type): 'chatbatch batch submit' or 'chatbatch run' sends them again", err=True)
     if not quiet:
-        click.echo(json.dumps(result.summary, indent=2) if as_json else format_summary(result.summary))
-        click.echo(f"output: {result.output_path}\nsummary: {result.summary_path}")
-    sys.exit(result.exit_code)
+        click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+        click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
+    return report.exit_code
+
+
+def _with_advice(message: str, error_type: str | None) -> str:
+    advice = ABORT_ADVICE.get(error_type or "")
+    return f"{message}\n  what to do: {advice}." if advice else message
 
 
 @dataclass(frozen=True)
@@ -340,13 +405,18 @@ async def _collect(job, prepared, http, wait: bool, poll_interval: float):
     return await batch_mode.collect(job, prepared, http, wait=wait, poll_s=poll_interval)
 
 
-_batch_command("submit", "Upload the job's requests and create its batches (never twice).", batch_mode.submit)
-_batch_command("status", "Show each batch's state and request counts.", batch_mode.status)
-_batch_command("collect", "Download results and write the output (--wait to wait for them).", _collect, (
+_batch_command("submit", "Upload the job's requests and create its batches (never twice).", batch_mode.submit,
+               purpose=BEGIN, takes=("fresh", "retry_errors"),
+               empty="nothing to send: every row already has its final answer or is skipped")
+_batch_command("status", "Show each batch's state, request counts and errors.", batch_mode.status,
+               purpose=INSPECT, empty="this job has no batches")
+_batch_command("collect", "Download results and write the output (--wait to wait for them).", _collect,
+               purpose=CONTINUE, empty="", options=(
     _Option("wait", ("--wait",), dict(is_flag=True, help="Poll (with backoff) until every batch has ended.")),
     _Option("poll_interval", ("--poll-interval",), dict(type=click.FloatRange(0), default=5.0,
                                                         help="First wait between polls in seconds [5]."))))
-_batch_command("cancel", "Cancel the job's batches that are still running.", batch_mode.cancel)
+_batch_command("cancel", "Cancel the job's batches that are still running.", batch_mode.cancel,
+               purpose=INSPECT, empty="this job has no open batches to cancel")
 
 
 @main.command()

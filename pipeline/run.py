@@ -50,7 +50,7 @@ from .cache import ResponseCache
 from .runner import Reuse
 from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema, remove_stale_temp
 from .sources import Source, file_digest, open_source
-from .state import StateStore, open_state
+from .state import BEGIN, StateStore, open_state
 from .summary import Tally, to_json
 from .tokens import TokenCounter
 from .spend import SpendCap
@@ -103,10 +103,13 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
     }
 
 
-def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_overwrite: bool = True) -> Prepared:
+def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_overwrite: bool = True,
+            purpose: str = BEGIN) -> Prepared:
     """Every check that needs no request; raises JobError (exit 2) on the first problem.
 
-    With ``use_state`` the job's state is opened and locked: call :func:`release` (run_job does).
+    With ``use_state`` the job's state is opened and locked (close ``prepared.store``; run_job
+    does): for ``purpose`` BEGIN a run begins (``run``, ``batch submit``), for CONTINUE the state is
+    used as the job left it (``batch collect``) — see :mod:`pipeline.state`.
     """
     source = open_source(job.input_path)
     if job.template is not None:
@@ -131,17 +134,19 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
         if check_overwrite:
             check_output(job.output_path, job.overwrite)
         return Prepared(job, source, prices, tuple(warnings))
-    store = open_state(state_dir(job), fingerprint(job, file_digest(job.input_path)), fresh=fresh)
+    store = open_state(state_dir(job), fingerprint(job, file_digest(job.input_path)), fresh=fresh,
+                       purpose=purpose)
     try:
-        # an output from an earlier run of this job's state is its own: resuming, or starting it
-        # afresh on purpose, replaces it; anything else needs --overwrite
-        check_output(job.output_path, job.overwrite or store.resumed or (fresh and store.had_state))
+        # an output from an earlier run of this job's state is its own: resuming, starting afresh on
+        # purpose or the next night's input replaces it; anything else needs --overwrite
+        check_output(job.output_path, job.overwrite or store.had_state)
         remove_stale_temp(job.output_path)
-        store.begin()
+        if purpose == BEGIN:
+            store.begin()
     except BaseException:
         store.close()
         raise
-    if store.resumed:
+    if store.resumed and purpose == BEGIN:
         notes.append(f"resuming: {store.rows_done():,} of {source.num_rows:,} rows already finished "
                      f"(state in {store.directory}); they will not be sent again")
     return Prepared(job, source, prices, tuple(warnings), store, tuple(notes))
@@ -214,9 +219,11 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
 async def write_report(job: Job, prepared: Prepared, started: float, seams: Seams, *, extra: dict,
                        unanswered: Callable[[int], RowResult | None]) -> RunReport:
     """Write the output from the journal alone (``batch collect``): journaled rows as they are,
-    skipped rows skipped, the rest explained by ``unanswered`` or marked not sent."""
+    skipped rows skipped, the rest explained by ``unanswered`` or marked not sent. The job is
+    complete when no row is left without its final answer."""
     source, store = prepared.source, prepared.store
-    tally = Tally(rows_total=source.num_rows)
+    tally = Tally(rows_total=source.num_rows, discarded_cost_usd=store.discarded_cost_usd())
+    unfinished = 0
     sink = ParquetSink(job.output_path, output_schema(source.schema, job.column_prefix, job.choices_per_request,
                                                       job.output), job.choices_per_request, job.output)
     renderer = RowRenderer.for_job(job)
@@ -227,8 +234,10 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
             results = []
             for index, item in enumerate(renderer.render_batch(batch)):
                 row = start + index
-                result = done.get(row) or (item if isinstance(item, RowResult) else None) or unanswered(row) \
-                    or not_sent_result("not sent: the row is in no batch")
+                result = done.get(row) or (item if isinstance(item, RowResult) else None)
+                if result is None:
+                    unfinished += 1
+                    result = unanswered(row) or not_sent_result("not sent: the row is in no batch")
                 tally.add(result)
                 results.append(result)
             await asyncio.to_thread(sink.write, batch, results)
@@ -240,11 +249,13 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
     summary = tally.summary(elapsed_s=seams.clock() - started, extra={
         "model": job.model, "input": str(job.input_path), "output": str(job.output_path), "finished_at": _now(),
         "exit_code": exit_code, "prices": "batch", "prices_as_of": prepared.prices.as_of,
-        "state_dir": str(store.directory), "chatbatch_version": __version__, **extra})
+        "state_dir": str(store.directory), "rows_unfinished": unfinished, "chatbatch_version": __version__,
+        **extra})
     text = to_json(summary)
     sink.commit({SUMMARY_KEY: text.encode()})
     summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
     _write_atomically(summary_path, text)
+    store.set_meta({"complete": "false" if unfinished else "true"})
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
 
 

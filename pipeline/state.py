@@ -2,7 +2,9 @@
 
 The state lives in ``<output>.state/`` beside the output (or ``state_dir``)::
 
-    journal.sqlite   rows(idx, status, req_hash, result) and meta(key, value)
+    journal.sqlite   rows(idx, status, req_hash, result), meta(key, value), and for batch mode
+                     batches(batch_id, rows, status, collected, errors) and
+                     batch_retries(idx, invalid, discarded_cost_usd, message, batch_id)
     lock             held (flock) by the run using the state; names its pid
 
 Every finished row is journaled *before its worker may send another request*: :meth:`record` is
@@ -19,7 +21,19 @@ refused (auth, quota), are not journaled and are sent again. ``retry_errors`` re
 The fingerprint (model, endpoint, parameters, templates, input content) guards against mixing old
 and new replies: when it changed and the old run was unfinished, :func:`open_state` refuses, naming
 what changed, unless ``fresh``. When the old run had finished, a changed job simply starts afresh
-(the nightly job with a new day's input).
+(the nightly job with a new day's input). A run has finished when ``run`` ended without being
+stopped, or when ``batch collect`` wrote an output in which every row has its final answer.
+
+Batch mode: a batch is *open* from the moment it is created until ``collect`` has journaled it.
+While a job has open batches, starting a run (``run``, ``batch submit``, with or without
+``--fresh``) is refused, naming them: they are billed whatever happens, so their answers must not be
+thrown away or paid for twice. A batch reply that is not valid for the schema is not journaled while
+the row has validation retries left; ``batch_retries`` counts them per row and keeps what they
+cost, so the next ``submit`` (or ``run``) sends the row again and no spend is forgotten.
+
+Purposes of :func:`open_state`: :data:`BEGIN` (``run``, ``batch submit``: may start afresh),
+:data:`CONTINUE` (``batch collect``: the same job as submitted, never reset) and :data:`INSPECT`
+(``batch status`` / ``cancel``: the batches as they are; the fingerprint and journal are untouched).
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from typing import Iterable, Mapping
 from .errors import ChatbatchError, JobError
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, RowResult, result_from_json, result_to_json
 
+BEGIN, CONTINUE, INSPECT = "begin", "continue", "inspect"
 NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota", "batch_expired", "batch_cancelled", "batch_failed"}
 SEEN_BITS = 1 << 24
 _SCHEMA = """
@@ -46,7 +61,10 @@ CREATE INDEX IF NOT EXISTS rows_by_request ON rows(req_hash);
 CREATE TABLE IF NOT EXISTS batches(batch_id TEXT PRIMARY KEY, input_file_id TEXT NOT NULL,
                                    first_row INTEGER NOT NULL, last_row INTEGER NOT NULL,
                                    requests INTEGER NOT NULL, status TEXT NOT NULL,
-                                   collected INTEGER NOT NULL DEFAULT 0);
+                                   collected INTEGER NOT NULL DEFAULT 0, errors TEXT);
+CREATE TABLE IF NOT EXISTS batch_retries(idx INTEGER PRIMARY KEY, invalid INTEGER NOT NULL,
+                                         discarded_cost_usd TEXT NOT NULL, message TEXT NOT NULL,
+                                         batch_id TEXT NOT NULL);
 """
 
 
@@ -102,23 +120,57 @@ class StateStore:
                   requests: int, status: str) -> None:
         """Record a submitted Batch API batch (at once: it must never be submitted twice)."""
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, 0)",
+            self._db.execute("INSERT OR REPLACE INTO batches(batch_id, input_file_id, first_row, last_row, "
+                             "requests, status, collected) VALUES (?, ?, ?, ?, ?, ?, 0)",
                              (batch_id, input_file_id, first_row, last_row, requests, status))
 
     def batches(self) -> list[dict]:
+        """The recorded batches, in the order they were submitted."""
         cursor = self._db.execute("SELECT batch_id, input_file_id, first_row, last_row, requests, status, "
-                                  "collected FROM batches ORDER BY first_row")
+                                  "collected, errors FROM batches ORDER BY rowid")
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row)) for row in cursor]
 
-    def update_batch(self, batch_id: str, *, status: str, collected: bool = False) -> None:
+    def open_batch_ids(self) -> list[str]:
+        """Batches not collected yet (running, or ended with answers not journaled)."""
+        return [row[0] for row in self._db.execute("SELECT batch_id FROM batches WHERE collected = 0 ORDER BY rowid")]
+
+    def update_batch(self, batch_id: str, *, status: str, collected: bool | None = None,
+                     errors: str | None = None) -> None:
+        """Record a batch's latest state (``collected`` and ``errors`` kept unless given)."""
         with self._db:
-            self._db.execute("UPDATE batches SET status = ?, collected = ? WHERE batch_id = ?",
-                             (status, int(collected), batch_id))
+            self._db.execute("UPDATE batches SET status = ?, collected = coalesce(?, collected), "
+                             "errors = coalesce(?, errors) WHERE batch_id = ?",
+                             (status, None if collected is None else int(collected), errors, batch_id))
+
+    def invalid_replies(self) -> dict[int, tuple[int, str]]:
+        """Rows whose batch replies so far were all invalid for the schema: idx -> (count, last error)."""
+        return {idx: (count, message) for idx, count, message in
+                self._db.execute("SELECT idx, invalid, message FROM batch_retries")}
+
+    def record_invalid(self, idx: int, batch_id: str, cost_usd: Decimal | None, message: str) -> None:
+        """Count a discarded (invalid, to be retried) reply to row ``idx`` from ``batch_id``, and its cost.
+
+        Committed at once; counting the same batch's reply again (a collect killed before it marked
+        the batch collected, then run again) changes nothing.
+        """
+        with self._db:
+            known = self._db.execute("SELECT invalid, discarded_cost_usd, batch_id FROM batch_retries "
+                                     "WHERE idx = ?", (idx,)).fetchone() or (0, "0", None)
+            if known[2] == batch_id:
+                return
+            self._db.execute("INSERT OR REPLACE INTO batch_retries VALUES (?, ?, ?, ?, ?)",
+                             (idx, known[0] + 1, str(Decimal(known[1]) + (cost_usd or 0)), message, batch_id))
+
+    def discarded_cost_usd(self) -> Decimal:
+        """What the batch replies thrown away for validation retries cost (their known part)."""
+        return sum((Decimal(text) for (text,) in self._db.execute("SELECT discarded_cost_usd FROM batch_retries")),
+                   Decimal(0))
 
     def total_cost(self) -> Decimal:
-        """What the journaled rows cost (earlier runs' spend on this job)."""
-        total = Decimal(0)
+        """What the journaled rows cost (earlier runs' spend on this job), batch replies discarded
+        for validation retries included."""
+        total = self.discarded_cost_usd()
         for (text,) in self._db.execute("SELECT result FROM rows WHERE status = 'ok'"):
             cost = result_from_json(text).cost_usd
             total += cost or 0
@@ -192,6 +244,7 @@ class StateStore:
                 self._db.execute("DELETE FROM rows")
                 self._db.execute("DELETE FROM meta")
                 self._db.execute("DELETE FROM batches")
+                self._db.execute("DELETE FROM batch_retries")
         else:
             self.load_seen()
         if self._begin is not None:
@@ -209,10 +262,12 @@ class StateStore:
             os.close(self._lock_fd)
 
 
-def open_state(directory: Path, fingerprint: Mapping[str, str], *, fresh: bool = False) -> StateStore:
+def open_state(directory: Path, fingerprint: Mapping[str, str] | None, *, fresh: bool = False,
+               purpose: str = BEGIN) -> StateStore:
     """Open (creating) and lock the state in ``directory`` for a job with ``fingerprint``.
 
-    Nothing is written until :meth:`StateStore.begin`.
+    Nothing is written until :meth:`StateStore.begin` (``purpose`` BEGIN only; see the module
+    docstring for the purposes).
     """
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -224,10 +279,19 @@ def open_state(directory: Path, fingerprint: Mapping[str, str], *, fresh: bool =
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=OFF")
         db.executescript(_SCHEMA)
+        if "errors" not in {row[1] for row in db.execute("PRAGMA table_info(batches)")}:
+            db.execute("ALTER TABLE batches ADD COLUMN errors TEXT")  # a state from before the column
         db.isolation_level = ""  # "with db:" now wraps each batch in one transaction
         store = StateStore(directory, db, lock_fd, resumed=False)
         previous = json.loads(store.meta("fingerprint") or "null")
-        changed = _changes(previous, fingerprint)
+        if purpose == INSPECT:
+            return store
+        changed = _changes(previous, fingerprint or {})
+        if purpose == CONTINUE:
+            _check_same_job(directory, previous, changed)
+            store.resumed = store.had_state = True
+            return store
+        _check_no_open_batches(store, fresh)
         if previous is not None and changed and store.meta("complete") != "true" and not fresh:
             done = store.rows_done()
             raise JobError(
@@ -245,6 +309,31 @@ def open_state(directory: Path, fingerprint: Mapping[str, str], *, fresh: bool =
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _check_same_job(directory: Path, previous, changed: list[str]) -> None:
+    """``batch collect`` works on the job as it was submitted, or not at all."""
+    if previous is None:
+        raise JobError(f"this job has no submitted batches (no state in {directory}): run "
+                       "'chatbatch batch submit' first")
+    if changed:
+        raise JobError(f"the job changed since its batches were submitted ({', '.join(changed)} changed): "
+                       "collect with the job file, flags and input exactly as they were when submitted "
+                       "(replies are matched to input rows by position)")
+
+
+def _check_no_open_batches(store: StateStore, fresh: bool) -> None:
+    """Refuse to start a run while batches are open: they are billed whatever happens."""
+    open_ids = store.open_batch_ids()
+    if not open_ids:
+        return
+    names = ", ".join(open_ids)
+    if fresh:
+        raise JobError(f"--fresh would discard this job's batches that were not collected ({names}), which "
+                       "are billed whatever happens: run 'chatbatch batch collect' first (after "
+                       "'chatbatch batch cancel' if you do not want to wait for them), then --fresh")
+    raise JobError(f"this job already has batches in progress ({names}): use 'chatbatch batch status' / "
+                   "'collect', or 'cancel' them and then 'collect', before submitting or running it again")
 
 
 def _lock(path: Path) -> int:
