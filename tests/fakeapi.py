@@ -105,6 +105,17 @@ directive decides the reply.  An unknown directive name gets a 400 with type
     200 whose message has ``content: null`` and ``refusal: "I'm sorry, I
     can't help with that."`` (billed, like the real API).
 
+OpenAI's request checks (off by default)
+---------------------------------------
+``fake.strict_schemas = True``: a ``response_format`` of type json_schema with
+``strict: true`` whose schema strict mode refuses (an object without
+``additionalProperties: false`` or not requiring every property, a subschema
+without ``type``/``anyOf``/``$ref``/``enum``/``const``, or a keyword such as
+``patternProperties``, ``allOf``, ``if``) -> 400 invalid_request_error, param
+"response_format", naming the problem as OpenAI does.  ``fake.json_word =
+True``: ``response_format`` json_object while no message content contains
+"json" (any case) -> 400, param "messages".  Both apply to batch lines too.
+
 Example row texts: ``"Summarise X [[status:500:2]]"`` fails twice then
 succeeds; ``"[[slow:0.3:1]] Y"`` is slow once; ``"[[reset:1]] Z"`` drops the
 first connection.  Notes: rows with identical text share one attempt counter
@@ -342,6 +353,59 @@ def parse_directives(text: str | None) -> list[tuple[str, list[str]]]:
             for m in DIRECTIVE.finditer(text)]
 
 
+STRICT_REFUSED = ("patternProperties", "allOf", "not", "if", "then", "else", "dependentRequired",
+                  "dependentSchemas", "unevaluatedProperties", "unevaluatedItems", "prefixItems", "default")
+JSON_WORD_MSG = ("'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                 "'json_object'.")
+
+
+def strict_schema_problem(schema: Any, context: tuple = ()) -> str | None:
+    """Why OpenAI's strict mode would refuse ``schema`` (its wording), or None."""
+    where = f"In context={context}, "
+    if not isinstance(schema, dict):
+        return f"{where}schema must be a JSON Schema of 'type: \"object\"', got {schema!r}."
+    for key in STRICT_REFUSED:
+        if key in schema:
+            return f"{where}'{key}' is not permitted."
+    if not {"type", "anyOf", "$ref", "enum", "const"} & schema.keys():
+        return f"{where}schema must have a 'type' key."
+    kinds = schema.get("type") if isinstance(schema.get("type"), list) else [schema.get("type")]
+    if "object" in kinds:
+        if schema.get("additionalProperties") is not False:
+            return f"{where}'additionalProperties' is required to be supplied and to be false."
+        properties = schema.get("properties") or {}
+        missing = [k for k in properties if k not in (schema.get("required") or [])]
+        if missing:
+            return (f"{where}'required' is required to be supplied and to be an array including every key "
+                    f"in properties. Missing '{missing[0]}'.")
+    subs = [(("properties", k), v) for k, v in (schema.get("properties") or {}).items()]
+    subs += [(("$defs", k), v) for k, v in (schema.get("$defs") or {}).items()]
+    subs += [(("anyOf", i), v) for i, v in enumerate(schema.get("anyOf") or [])]
+    subs += [(("items",), schema["items"])] if "items" in schema else []
+    for path, sub in subs:
+        problem = strict_schema_problem(sub, context + path)
+        if problem:
+            return problem
+    return None
+
+
+def openai_format_problem(body: dict, strict_schemas: bool, json_word: bool) -> tuple[str, str] | None:
+    """(message, param) of the 400 OpenAI gives for this body's response_format, or None."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict):
+        return None
+    if json_word and response_format.get("type") == "json_object":
+        if not any("json" in content_text(m.get("content")).lower() for m in body["messages"]
+                   if isinstance(m, dict)):
+            return JSON_WORD_MSG, "messages"
+    spec = response_format.get("json_schema") or {}
+    if strict_schemas and response_format.get("type") == "json_schema" and spec.get("strict"):
+        problem = strict_schema_problem(spec.get("schema"))
+        if problem:
+            return f"Invalid schema for response_format '{spec.get('name')}': {problem}", "response_format"
+    return None
+
+
 class Bucket:
     """Continuously refilled token bucket: capacity per minute, starts full."""
 
@@ -413,6 +477,8 @@ class FakeOpenAI(FakeBatchAPI):
         self.answered_model, self.reply = answered_model, reply
         self.count_prompt = count_prompt  # usage.prompt_tokens from messages (default: chars // 4)
         self.token_logprob = -0.05  # the logprob given to every token when logprobs are asked for
+        self.strict_schemas = False  # 400 a strict json_schema that OpenAI's strict mode refuses
+        self.json_word = False  # 400 a json_object request whose messages never say "json"
         self.port = port
         self.base_url = self.root_url = ""
         self._lock = threading.Lock()
@@ -532,6 +598,7 @@ class FakeOpenAI(FakeBatchAPI):
         """
         try:
             body = self._validate(body, None)
+            self._check_format(body)
             prompt = last_user_text(body["messages"])
             self._attempts[prompt or ""] = attempt = self._attempts.get(prompt or "", 0) + 1
             kind, _delay = self._directive(prompt, attempt, body)
@@ -564,6 +631,7 @@ class FakeOpenAI(FakeBatchAPI):
         entry["deployment"] = deployment
         self._check_auth(request, deployment is not None)
         body = self._validate(entry["body"], deployment)
+        self._check_format(body)
         if self.quota_after is not None and self.billed_count >= self.quota_after:
             raise Reply(429, error_body(QUOTA_MSG, "insufficient_quota", "insufficient_quota"))
         headers.update(self._rate_limit(body))
@@ -630,6 +698,11 @@ class FakeOpenAI(FakeBatchAPI):
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise bad(f"{n!r} is less than the minimum of 1 - 'n'", "n")
         return body
+
+    def _check_format(self, body: dict) -> None:
+        problem = openai_format_problem(body, self.strict_schemas, self.json_word)
+        if problem is not None:
+            raise Reply(400, error_body(problem[0], "invalid_request_error", None, problem[1]))
 
     # ---- rate limits -----------------------------------------------------
 
