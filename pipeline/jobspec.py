@@ -33,6 +33,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .errors import JobError
+from .prompts import json_mode, mentions_json
 from .structured import OutputSpec, build_spec
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -53,7 +54,7 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     "required_columns": _LIST, "column_prefix": _STR, "overwrite": _BOOL,
     "state_dir": _STR, "cache": _BOOL, "cache_dir": _STR, "dedupe": _BOOL,
     # structured output
-    "labels": _LIST, "output_schema": ((dict, str), "a table (a JSON schema) or a path to one"),
+    "labels": _LIST, "output_schema": ((dict, str), "a table (a JSON schema), JSON text or a path to one"),
     "structured_mode": _STR, "strict": _BOOL, "validation_retries": _INT, "schema_name": _STR,
     # a local model instead of the API
     "local": _BOOL, "local_model": _STR, "local_threads": _INT,
@@ -273,11 +274,15 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
                       mode=values.get("structured_mode", "json_schema"), strict=values.get("strict", True),
                       name=values.get("schema_name", "output"), logprobs=bool(values.get("logprobs")),
                       base_dir=base_dir if origin.get("output_schema") == source else Path.cwd(),
-                      where=spec_where)
+                      where=spec_where, local=bool(values.get("local")))
     if spec is not None:
         if "response_format" in params and spec.request_params():
             raise JobError(f"{spec_where}: 'response_format' is set by 'labels'/'output_schema'; remove it")
         params.update(spec.request_params())
+    elif json_mode(params) and "template" in values and not mentions_json(values["template"], values.get("system")):
+        raise JobError(f"{origin.get('response_format') or source}: response_format json_object needs the word "
+                       "'json' in the messages (the API refuses them otherwise); say it in 'system' or "
+                       "'template' (e.g. \"Answer in JSON.\"), or use 'output_schema'")
     return Job(
         input_path=input_path,
         output_path=output_path,

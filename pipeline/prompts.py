@@ -78,6 +78,16 @@ def is_blank(values: Iterable[Any]) -> bool:
     return all(v is None or (isinstance(v, str) and not v.strip()) for v in values)
 
 
+def json_mode(params: dict[str, Any]) -> bool:
+    """True when the body asks for JSON mode, which OpenAI refuses unless the messages say "json"."""
+    response_format = params.get("response_format")
+    return isinstance(response_format, dict) and response_format.get("type") == "json_object"
+
+
+def mentions_json(*texts: Any) -> bool:
+    return any("json" in str(text).lower() for text in texts if text)
+
+
 def parse_messages(value: Any) -> list[dict[str, Any]] | None:
     """A messages cell as a list of message dicts; None when null or empty.
 
@@ -137,6 +147,8 @@ class RowRenderer:
         self._system_text = system
         self._messages_column = messages_column
         self._required = tuple(required_columns)
+        # JSON mode with messages from a column: a row whose messages never say "json" is not sent
+        self._json_word = json_mode(params) and not mentions_json(instructions, system)
 
     @classmethod
     def for_job(cls, job, counter: "tokens.TokenCounter | None" = None) -> "RowRenderer":
@@ -192,6 +204,11 @@ class RowRenderer:
                 continue
             if self._system_text:
                 messages.insert(0, {"role": "system", "content": self._system_text})
+            if self._json_word and not mentions_json(*(m.get("content") for m in messages)):
+                out.append(RowResult(status=STATUS_ERROR, error_type="invalid_messages", error_message=(
+                    "response_format json_object needs the word 'json' in the messages (the API refuses "
+                    "them otherwise) and this row's lack it; say it in 'system'")))
+                continue
             out.append(messages)
         return out
 

@@ -100,6 +100,9 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
         "template": digest(job.template), "system prompt": digest(job.system),
         "messages_column": str(job.messages_column), "required_columns": digest(list(job.required_columns)),
         "input content": input_digest,
+        # json_schema mode sends the schema in the parameters; the other modes in a system message
+        **({"structured output": digest({"schema": dict(job.output.schema), "mode": job.output.mode})}
+           if job.output is not None and job.output.mode != "json_schema" else {}),
     }
 
 

@@ -48,7 +48,7 @@ from .sinks import ParquetSink
 from .sources import Source
 from .spend import SpendCap
 from .state import StateStore, journaled
-from .structured import LABEL_FIELD, Validator, column_values, label_confidence
+from .structured import LABEL_FIELD, Validator, label_confidence
 from .summary import Tally
 from .tokens import TokenCounter
 
@@ -270,14 +270,15 @@ class Runner:
         if self._validator is None or (completion.refusal and not completion.replies[0]):
             return
         try:
-            self._validator.parse(completion.replies[0])
+            self._validator.read(completion.replies[0])
         except ValueError as exc:
             invalid[0] += 1
             cost = self._cost(completion)
             retryable = invalid[0] <= self.job.validation_retries
             if retryable and cost is not None:
                 self.tally.discarded_cost_usd += cost  # billed, but this reply is thrown away
-            raise InvalidOutput(str(exc), completion=completion, cost_usd=cost, retryable=retryable) from exc
+            raise InvalidOutput(invalid_message(completion, exc), completion=completion, cost_usd=cost,
+                                retryable=retryable) from exc
 
     def _cost(self, completion: Completion) -> Decimal | None:
         """What a reply cost: from the price table and its usage; nothing on a local model."""
@@ -399,15 +400,23 @@ def completion_result(job: Job, validator: Validator | None, completion: Complet
     fields = None
     if validator is not None:
         try:
-            value = validator.parse(completion.replies[0])
+            value, fields = validator.read(completion.replies[0])
         except ValueError as exc:
             return RowResult(status=STATUS_ERROR, attempts=attempts, completion=kept, http_status=200,
-                             cost_usd=cost, latency_s=latency_s, error_type="invalid_output", error_message=str(exc))
-        fields = tuple(column_values(job.output, value))
+                             cost_usd=cost, latency_s=latency_s, error_type="invalid_output",
+                             error_message=invalid_message(completion, exc))
         if job.output.confidence:
             fields += (label_confidence(completion.replies[0], value[LABEL_FIELD], completion.logprobs),)
     return RowResult(status=STATUS_OK, attempts=attempts, completion=kept, http_status=200, cost_usd=cost,
                      latency_s=latency_s, fields=fields)
+
+
+def invalid_message(completion: Completion, exc: ValueError) -> str:
+    """Why a structured reply was rejected, saying so when it was cut off at the token limit."""
+    if completion.finish_reasons and completion.finish_reasons[0] == "length":
+        return (f"{exc} — the reply was cut off at the token limit (finish_reason 'length'): raise "
+                "max_completion_tokens")
+    return str(exc)
 
 
 def _failed(failure: RequestFailed, attempts: int, latency_s: float | None) -> RowResult:

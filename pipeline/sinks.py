@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from .errors import InputError, OutputExistsError
 from .records import RowResult
+from .structured import stored_values
 
 RESULT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("reply", pa.string()),
@@ -110,8 +111,19 @@ def result_arrays(results: Sequence[RowResult], choices: int, spec=None) -> list
     for position, (_, dtype) in enumerate(structured_columns(spec)):
         values = [r.fields[position] if r.fields is not None and position < len(r.fields) else None
                   for r in results]
-        arrays.append(pa.array(values, type=dtype))
+        try:
+            arrays.append(pa.array(values, type=dtype))
+        except (pa.ArrowException, OverflowError, UnicodeError):
+            # values journaled unconverted by an older chatbatch: convert them again from the replies
+            arrays.append(pa.array([_stored_value(spec, r, position) for r in results], type=dtype))
     return arrays
+
+
+def _stored_value(spec, result: RowResult, position: int):
+    if result.fields is None or result.completion is None:
+        return None
+    values = stored_values(spec, result.completion.replies[0])
+    return values[position] if values is not None and position < len(values) else None
 
 
 def _base_arrays(results: Sequence[RowResult], choices: int) -> list[pa.Array]:

@@ -2,31 +2,24 @@
 
 A job declares its output either as ``labels = ["positive", "negative", "neutral"]`` — which
 becomes the strict schema ``{"label": enum of the labels}`` — or as ``output_schema``, a JSON schema
-of an object (inline table, or a path to a ``.json`` file). Each top-level property becomes a typed
-column, named after the property (with the job's ``column_prefix``):
-
-=================  ===================================
-schema             column
-=================  ===================================
-string, enum       string
-integer            int64
-number             float64
-boolean            bool
-array of X         list<X>
-object             struct of its properties
-=================  ===================================
-
-The types come from the schema, so they are the same when every row failed. A property whose type
-is a union (``["string", "null"]``) takes its non-null type; anything else is kept as JSON text.
+of an object (inline table, JSON text, or a path to a ``.json`` file). Each top-level property
+becomes a typed column, named after the property (with the job's ``column_prefix``); the types come
+from the schema alone, at every depth (:mod:`pipeline.columns`): string, int64, float64, bool, list,
+struct — and JSON text for a value with no single Arrow type (a union, a free-form value). So they
+are the same when every row failed, and no reply value can stop the writer.
 
 **How it is asked for** (``structured_mode``): ``json_schema`` (default) sends
-``response_format = {type: json_schema, json_schema: {name, strict, schema}}``; ``json_object``
-sends ``{type: json_object}`` and puts the schema in the system prompt; ``prompt`` only puts it in
-the system prompt, for endpoints with no ``response_format`` at all.
+``response_format = {type: json_schema, json_schema: {name, strict, schema}}`` — with ``strict``,
+the schema made strict-compatible by :func:`pipeline.strict.strict_schema` (or the job is refused
+before anything is sent); ``json_object`` sends ``{type: json_object}`` and puts the schema in a
+system message (which says "JSON", as JSON mode requires); ``prompt`` only puts it in the system
+message, for endpoints with no ``response_format`` at all.
 
-**Checked either way**: every reply is parsed and validated against the schema (jsonschema, Draft
-2020-12); a label outside the allowed set fails validation. A reply that fails is retried
-``validation_retries`` times, then recorded as a row error ``invalid_output`` with the raw reply kept.
+**Checked either way**: every reply is parsed and validated against the schema as the user wrote
+it (jsonschema, Draft 2020-12; an optional property may come back null, meaning absent), and each
+value must fit its column; a label outside the allowed set fails validation. A reply that fails is
+retried ``validation_retries`` times, then recorded as a row error ``invalid_output`` with the raw
+reply kept.
 
 **Confidence** (labels with ``logprobs = true``): the probability of the chosen label is the product
 of the probabilities of the tokens that spell it in the reply (``exp`` of their summed logprobs),
@@ -43,7 +36,9 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
+from .columns import Column, Unstorable, column_for
 from .errors import JobError
+from .strict import ADVICE, Incompatible, optional_nullable, strict_schema
 
 MODES = ("json_schema", "json_object", "prompt")
 LABEL_FIELD = "label"
@@ -51,24 +46,31 @@ LABEL_FIELD = "label"
 
 @dataclass(frozen=True)
 class OutputSpec:
-    schema: Mapping[str, Any]
+    schema: Mapping[str, Any]  # as the user wrote it (or the labels' schema)
     name: str
     mode: str
     strict: bool
     labels: tuple[str, ...] | None
     confidence: bool
-    fields: tuple[tuple[str, pa.DataType], ...]
+    columns: tuple[tuple[str, Column], ...]
+    sent_schema: Mapping[str, Any] | None = None  # what json_schema mode sends (strict-compatible)
+
+    @property
+    def fields(self) -> tuple[tuple[str, pa.DataType], ...]:
+        """One (name, Arrow type) per column."""
+        return tuple((name, column.arrow) for name, column in self.columns)
 
     def request_params(self) -> dict[str, Any]:
         if self.mode == "json_schema":
             return {"response_format": {"type": "json_schema", "json_schema": {
-                "name": self.name, "strict": self.strict, "schema": dict(self.schema)}}}
+                "name": self.name, "strict": self.strict, "schema": dict(self.sent_schema or self.schema)}}}
         if self.mode == "json_object":
             return {"response_format": {"type": "json_object"}}
         return {}
 
     def instructions(self) -> str | None:
-        """For the modes that cannot send the schema: the system-prompt text that describes it."""
+        """For the modes that cannot send the schema: the system-prompt text that describes it (it
+        names JSON, which OpenAI's JSON mode requires in the messages)."""
         if self.mode == "json_schema":
             return None
         return ("Reply with one JSON object and nothing else, valid against this JSON schema:\n"
@@ -76,8 +78,12 @@ class OutputSpec:
 
 
 def build_spec(labels: Sequence[str] | None, schema: Any, *, mode: str, strict: bool, name: str,
-               logprobs: bool, base_dir: Path, where: str) -> OutputSpec | None:
-    """The job's output spec, or None for free text. Errors name ``where`` (file or flag)."""
+               logprobs: bool, base_dir: Path, where: str, local: bool = False) -> OutputSpec | None:
+    """The job's output spec, or None for free text. Errors name ``where`` (file or flag).
+
+    On a ``local`` model the schema goes to llama.cpp's grammar, not to OpenAI's strict mode, so
+    it is not rewritten (nor refused) for strict mode.
+    """
     if labels is None and schema is None:
         return None
     if labels is not None and schema is not None:
@@ -92,14 +98,25 @@ def build_spec(labels: Sequence[str] | None, schema: Any, *, mode: str, strict: 
     else:
         schema = _load_schema(schema, base_dir, where)
     _check_schema(schema, where)
-    fields = tuple((key, arrow_type(sub)) for key, sub in schema["properties"].items())
+    sent = None
+    if mode == "json_schema" and strict and not local:
+        try:
+            sent = strict_schema(schema)
+        except Incompatible as exc:
+            raise JobError(f"{where}: output_schema cannot be sent in strict mode: {exc}; {ADVICE}") from exc
+    columns = tuple((key, column_for(sub, schema)) for key, sub in schema["properties"].items())
     return OutputSpec(schema=schema, name=name, mode=mode, strict=strict,
                       labels=tuple(labels) if labels is not None else None,
-                      confidence=bool(labels is not None and logprobs), fields=fields)
+                      confidence=bool(labels is not None and logprobs), columns=columns, sent_schema=sent)
 
 
 def _load_schema(schema: Any, base_dir: Path, where: str) -> dict:
-    if isinstance(schema, str):
+    if isinstance(schema, str) and schema.lstrip().startswith("{"):
+        try:
+            schema = json.loads(schema)
+        except ValueError as exc:
+            raise JobError(f"{where}: output_schema is JSON text but not valid JSON: {exc}") from exc
+    elif isinstance(schema, str):
         path = (base_dir / schema) if not Path(schema).is_absolute() else Path(schema)
         try:
             schema = json.loads(path.read_text())
@@ -108,7 +125,7 @@ def _load_schema(schema: Any, base_dir: Path, where: str) -> dict:
         except ValueError as exc:
             raise JobError(f"{where}: output_schema file {path} is not valid JSON: {exc}") from exc
     if not isinstance(schema, dict):
-        raise JobError(f"{where}: 'output_schema' must be a table (a JSON schema) or a path to one")
+        raise JobError(f"{where}: 'output_schema' must be a table (a JSON schema), JSON text or a path to one")
     return schema
 
 
@@ -125,26 +142,8 @@ def _check_schema(schema: Mapping[str, Any], where: str) -> None:
 
 
 def arrow_type(schema: Mapping[str, Any]) -> pa.DataType:
-    """The Arrow type of a column holding values of this (sub)schema."""
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kinds = [k for k in kind if k != "null"]
-        kind = kinds[0] if len(kinds) == 1 else None
-    if kind is None and "enum" in schema and all(isinstance(v, str) for v in schema["enum"]):
-        kind = "string"
-    if kind == "string":
-        return pa.string()
-    if kind == "integer":
-        return pa.int64()
-    if kind == "number":
-        return pa.float64()
-    if kind == "boolean":
-        return pa.bool_()
-    if kind == "array":
-        return pa.list_(arrow_type(schema.get("items") or {}))
-    if kind == "object" and isinstance(schema.get("properties"), dict) and schema["properties"]:
-        return pa.struct([pa.field(k, arrow_type(v)) for k, v in schema["properties"].items()])
-    return pa.string()  # anything else is kept as JSON text
+    """The Arrow type of a column holding values of this (sub)schema (see :mod:`pipeline.columns`)."""
+    return column_for(schema).arrow
 
 
 class Validator:
@@ -154,10 +153,11 @@ class Validator:
         from jsonschema import Draft202012Validator
 
         self.spec = spec
-        self._validator = Draft202012Validator(dict(spec.schema))
+        self._validator = Draft202012Validator(optional_nullable(dict(spec.schema)))
 
-    def parse(self, text: str | None) -> dict[str, Any]:
-        """The reply's object; ValueError with a readable reason when it is not valid."""
+    def read(self, text: str | None) -> tuple[dict[str, Any], tuple]:
+        """The reply's object and its column values; ValueError with a readable reason when the reply
+        is not valid for the schema or a value cannot be stored in its column."""
         if text is None or not text.strip():
             raise ValueError("the reply is empty")
         try:
@@ -169,7 +169,10 @@ class Validator:
             error = errors[0]
             where = "/".join(str(p) for p in error.path) or "the reply"
             raise ValueError(f"the reply does not match the schema at {where}: {error.message}")
-        return value
+        try:
+            return value, column_values(self.spec, value)
+        except Unstorable as exc:
+            raise ValueError(f"the reply's value at {exc} (the reply is kept in 'reply')") from exc
 
 
 def _strip_fence(text: str) -> str:
@@ -181,15 +184,29 @@ def _strip_fence(text: str) -> str:
     return stripped
 
 
-def column_values(spec: OutputSpec, value: Mapping[str, Any]) -> list[Any]:
-    """One value per field, converted for Arrow (JSON text where the type is string but not)."""
+def column_values(spec: OutputSpec, value: Mapping[str, Any]) -> tuple:
+    """One value per column, as its Arrow type takes it; :class:`Unstorable` (naming where) if one
+    cannot be stored."""
     out = []
-    for key, dtype in spec.fields:
-        item = value.get(key)
-        if item is not None and pa.types.is_string(dtype) and not isinstance(item, str):
-            item = json.dumps(item, ensure_ascii=False)
-        out.append(item)
-    return out
+    for name, column in spec.columns:
+        try:
+            out.append(column.convert(value.get(name)))
+        except Unstorable as exc:
+            exc.path.insert(0, name)
+            raise
+    return tuple(out)
+
+
+def stored_values(spec: OutputSpec, text: str | None) -> tuple | None:
+    """The column values of a reply validated earlier, read again; None when it cannot be read.
+
+    For rows a resume journal kept from a chatbatch that stored values unconverted (before
+    :mod:`pipeline.columns`): they were valid for the schema, so only the conversion is redone.
+    """
+    try:
+        return column_values(spec, json.loads(_strip_fence(text or "")))
+    except (ValueError, AttributeError):  # not JSON, not an object, or a value that fits no column
+        return None
 
 
 def label_confidence(content: str, label: str, token_logprobs: Sequence[Mapping[str, Any]] | None) -> float | None:
