@@ -88,10 +88,11 @@ def test_bodies_conform_to_the_published_request_schema(tmp_path):
 
     job = make_job(tmp_path, ["a"], temperature=0.2, top_p=0.9, max_completion_tokens=5, stop=["\n"], seed=7,
                    n=1, response_format={"type": "json_object"}, logprobs=True, top_logprobs=2,
-                   service_tier="auto", metadata={"job": "nightly"}, extra_body={"parallel_tool_calls": False})
+                   service_tier="auto", metadata={"job": "nightly"}, extra_body={"parallel_tool_calls": False},
+                   system="Be brief. Answer in JSON.")  # JSON mode needs the word in the messages
     run(job, handler)
     jsonschema.Draft202012Validator(SCHEMA).validate(bodies[0])
-    assert bodies[0]["messages"] == [{"role": "system", "content": "Be brief."},
+    assert bodies[0]["messages"] == [{"role": "system", "content": "Be brief. Answer in JSON."},
                                      {"role": "user", "content": "Say: a"}]
     assert bodies[0]["parallel_tool_calls"] is False and bodies[0]["seed"] == 7
 
