@@ -152,6 +152,7 @@ def parse_completion(content: bytes) -> Completion:
         system_fingerprint=data.get("system_fingerprint"),
         usage=_usage(data.get("usage")),
         logprobs=_logprobs(choices[0]),
+        service_tier=data.get("service_tier") if isinstance(data.get("service_tier"), str) else None,
     )
 
 

@@ -165,6 +165,12 @@ class Job:
         return int(self.params.get("n", 1))
 
     @property
+    def service_tier(self) -> str | None:
+        """The ``service_tier`` the job asks for (priced at its own rates: see pipeline.pricing)."""
+        value = self.params.get("service_tier")
+        return str(value) if value is not None else None
+
+    @property
     def max_output_tokens(self) -> int | None:
         value = self.params.get("max_completion_tokens", self.params.get("max_tokens"))
         return int(value) if value is not None else None

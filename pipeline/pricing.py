@@ -1,7 +1,9 @@
 """Prices and cost, from a dated data file — never hard-coded in logic.
 
 The package ships ``data/prices.json`` (its ``as_of`` date and ``source`` say where the figures come
-from): USD per 1M tokens for input, cached input, output, and the Batch API's input and output. A
+from): USD per 1M tokens for input, cached input, output, the Batch API's input and output, and —
+where OpenAI publishes them — the ``flex`` and ``priority`` service tiers' input, cached input and
+output (``flex_input``, ``priority_cached_input``, ...). A
 user file (``prices_file``, JSON or TOML of the same shape) and a job's ``[prices.MODEL]`` table add
 or override models, in that order::
 
@@ -14,7 +16,10 @@ without a date or version suffix (``gpt-4o-2024-08-06`` → ``gpt-4o``, ``gpt-3.
 ``gpt-3.5-turbo``). A model with no price costs ``None`` — unknown, never zero.
 
 Cost is computed in Decimal from the API's usage: uncached prompt tokens at the input rate, cached
-prompt tokens at the cached rate, completion tokens (reasoning included) at the output rate.
+prompt tokens at the cached rate, completion tokens (reasoning included) at the output rate. A
+request served in the ``flex`` or ``priority`` tier is priced at that tier's rates; where the table
+has none for the model (or no cached rate, and the reply had cached tokens) its cost is ``None``.
+Every other tier (``default``, ``auto``, none) is priced at the standard rates.
 """
 
 from __future__ import annotations
@@ -32,19 +37,35 @@ from .errors import JobError
 from .records import Usage
 
 MILLION = Decimal(1_000_000)
-PRICE_FIELDS = ("input", "cached_input", "output", "batch_input", "batch_output")
+TIERS = ("flex", "priority")  # service tiers with their own prices
+PRICE_FIELDS = ("input", "cached_input", "output", "batch_input", "batch_output",
+                *(f"{tier}_{kind}" for tier in TIERS for kind in ("input", "cached_input", "output")))
 _SUFFIX = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{4}|-preview|-latest)$")
 
 
 @dataclass(frozen=True)
 class Price:
-    """USD per 1M tokens. Batch prices may be unknown (None)."""
+    """USD per 1M tokens. Batch and service-tier prices may be unknown (None)."""
 
     input: Decimal
     cached_input: Decimal
     output: Decimal
     batch_input: Decimal | None = None
     batch_output: Decimal | None = None
+    flex_input: Decimal | None = None
+    flex_cached_input: Decimal | None = None
+    flex_output: Decimal | None = None
+    priority_input: Decimal | None = None
+    priority_cached_input: Decimal | None = None
+    priority_output: Decimal | None = None
+
+    def rates(self, tier: str | None = None, batch: bool = False) -> tuple[Decimal | None, ...]:
+        """(input, cached input, output) for the Batch API, a service tier, or the standard tier."""
+        if batch:
+            return self.batch_input, self.batch_input, self.batch_output
+        if tier in TIERS:
+            return tuple(getattr(self, f"{tier}_{kind}") for kind in ("input", "cached_input", "output"))
+        return self.input, self.cached_input, self.output
 
 
 @dataclass(frozen=True)
@@ -62,18 +83,26 @@ class PriceTable:
             name = self._resolved[model] = resolve_name(model, self.models)
             return name
 
-    def cost_usd(self, model: str | None, usage: Usage, batch: bool = False) -> Decimal | None:
+    def has_tier(self, model: str | None, tier: str | None) -> bool:
+        """Whether ``model`` has a price in ``tier`` (its input and output rates)."""
+        name = self.resolve(model)
+        if name is None:
+            return False
+        rates = self.models[name].rates(tier)
+        return rates[0] is not None and rates[2] is not None
+
+    def cost_usd(self, model: str | None, usage: Usage, batch: bool = False,
+                 tier: str | None = None) -> Decimal | None:
         name = self.resolve(model)
         if name is None or usage.prompt_tokens is None or usage.completion_tokens is None:
             return None
-        price = self.models[name]
-        rates = (price.batch_input, price.batch_input, price.batch_output) if batch else (
-            price.input, price.cached_input, price.output)
-        if None in rates:
-            return None
+        rate_in, rate_cached, rate_out = self.models[name].rates(tier, batch)
         cached = min(usage.cached_tokens or 0, usage.prompt_tokens)
-        total = ((usage.prompt_tokens - cached) * rates[0] + cached * rates[1]
-                 + usage.completion_tokens * rates[2])
+        if rate_in is None or rate_out is None or (cached and rate_cached is None):
+            return None
+        total = (usage.prompt_tokens - cached) * rate_in + usage.completion_tokens * rate_out
+        if cached:
+            total += cached * rate_cached
         return total / MILLION
 
 

@@ -41,6 +41,7 @@ class Completion:
     http_status: int = 200
     rate_info: Mapping[str, float] | None = None  # the reply's rate-limit headers, read
     logprobs: tuple | None = None  # the first choice's token logprobs ({token, logprob}), when asked
+    service_tier: str | None = None  # the tier that served the request, as the reply says (for its price)
 
 
 @dataclass(slots=True)

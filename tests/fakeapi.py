@@ -53,6 +53,7 @@ its ``text`` parts joined with "\\n".  Token counts are deterministic:
   4*limit chars with finish_reason "length".
 * cached_tokens = min(``cached_tokens``, P).
 ``model`` in the reply is ``answered_model(requested_model)`` if given.
+``service_tier`` in the reply is the request's, else "default".
 
 Rate limits (``rpm``, ``tpm``)
 ------------------------------
@@ -836,6 +837,7 @@ class FakeOpenAI(FakeBatchAPI):
             "created": int(time.time()),
             "model": self.answered_model(model) if self.answered_model else model,
             "system_fingerprint": "fp_fake", "choices": choices,
+            "service_tier": body.get("service_tier") or "default",  # the tier asked for (as served)
             "usage": {
                 "prompt_tokens": p_tokens, "completion_tokens": c_tokens,
                 "total_tokens": p_tokens + c_tokens,

@@ -62,3 +62,42 @@ def test_user_file_and_job_table_override(tmp_path):
 def test_bad_price_tables_are_job_errors(prices, words):
     with pytest.raises(JobError, match=words):
         load_prices(None, prices)
+
+
+NO_CACHE = Usage(prompt_tokens=1000, completion_tokens=200, total_tokens=1200, cached_tokens=0, reasoning_tokens=0)
+
+
+def test_service_tiers_are_priced_at_their_own_rates():
+    table = load_prices()
+    # gpt-4.1 priority (OpenAI's Priority processing page): input 3.50, cached 0.875, output 14.00 per 1M
+    priority = (Decimal(600) * Decimal("3.50") + Decimal(400) * Decimal("0.875") + Decimal(200) * Decimal("14.00")) / 10**6
+    assert table.cost_usd("gpt-4.1-2025-04-14", USAGE, tier="priority") == priority
+    # o4-mini flex: Batch API rates, 0.55 in and 2.20 out
+    assert table.cost_usd("o4-mini", NO_CACHE, tier="flex") == (Decimal(1000) * Decimal("0.55")
+                                                                 + Decimal(200) * Decimal("2.20")) / 10**6
+    standard = table.cost_usd("gpt-4.1", USAGE)
+    for tier in (None, "default", "auto"):
+        assert table.cost_usd("gpt-4.1", USAGE, tier=tier) == standard
+
+
+def test_a_tier_without_a_price_is_unknown_not_the_standard_rate():
+    table = load_prices()
+    assert table.cost_usd("gpt-3.5-turbo", NO_CACHE, tier="flex") is None
+    assert table.cost_usd("gpt-5-nano", NO_CACHE, tier="priority") is None
+    assert not table.has_tier("gpt-3.5-turbo", "flex") and table.has_tier("gpt-3.5-turbo", "default")
+    # flex has no published cached rate: a reply with cached tokens is unknown, one without is priced
+    assert table.cost_usd("o3", USAGE, tier="flex") is None
+    assert table.cost_usd("o3", NO_CACHE, tier="flex") is not None
+
+
+def test_tier_prices_can_be_given_in_a_job_table():
+    table = load_prices(None, {"m": {"input": 1, "output": 2, "flex_input": 0.5, "flex_output": 1}})
+    assert table.cost_usd("m", NO_CACHE, tier="flex") == Decimal("0.0007")
+    assert table.cost_usd("m", NO_CACHE, tier="priority") is None
+
+
+def test_shipped_tier_prices_are_dated_and_sourced():
+    import json
+    from importlib import resources
+    shipped = json.loads(resources.files("pipeline").joinpath("data/prices.json").read_text())
+    assert shipped["tiers_as_of"] and "priority" in shipped["tiers_source"] and "flex" in shipped["tiers_source"]
