@@ -432,7 +432,7 @@ def summary(output: Path, as_json: bool) -> None:
 
 
 def _run(job, fresh: bool, retry_errors: bool):
-    prepared = prepare(job, fresh=fresh)
+    prepared = prepare(job, fresh=fresh, retry_errors=retry_errors)
     for warning in prepared.warnings:
         click.echo(f"chatbatch: warning: {warning}", err=True)
     for note in prepared.notes:

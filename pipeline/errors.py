@@ -3,7 +3,9 @@
 Foreign exceptions (httpx, pyarrow, tomllib) are translated into these at one boundary each
 (``client.py`` for HTTP, ``sources.py``/``sinks.py`` for files, ``jobspec.py`` for job files) and
 chained with ``raise ... from exc``. Whether a failure is retried, or stops the whole run, is a
-property of its class — never a string match on a message::
+property of its class — never a string match on a message. So is whether a row that failed
+should be sent again by a plain rerun: :func:`is_transient` answers it from the row's ``error_type``
+(the failure's class named it), for the resume journal::
 
     ChatbatchError
     ├── JobError                 bad job file, flag or input: nothing was sent (exit 2)
@@ -11,12 +13,12 @@ property of its class — never a string match on a message::
     │   └── OutputExistsError    output exists and --overwrite was not given
     ├── CostCapReached           the next request could cross max_cost (the run stops, exit 3)
     └── RequestFailed            one HTTP exchange failed (carries http_status, error_type)
-        ├── retryable = True
+        ├── retryable = True       transient: a rerun sends the row again
         │   ├── RateLimited        429 rate_limit_exceeded (slows the whole run)
         │   ├── ServerError        5xx, 408, 409
         │   ├── TransportFailure   timeout, connection refused/reset
         │   └── BadResponse        200 whose body is not JSON or has no choices
-        ├── RowRejected            400, 404, 422, ...: recorded on the row, not retried
+        ├── RowRejected            400, 404, 422, ...: recorded on the row, not retried (permanent)
         ├── InvalidOutput          a reply that is not valid JSON for the job's schema (retried
         │                          validation_retries times; billed, so it carries its completion)
         ├── NotSent                the run stopped before this request went out
@@ -60,6 +62,7 @@ class RequestFailed(ChatbatchError):
     retryable = False
     fatal = False
     error_type = "request_failed"
+    error_types: tuple[str, ...] = ()  # every error_type an instance may carry, when not just error_type
 
     def __init__(
         self,
@@ -92,6 +95,7 @@ class ServerError(RequestFailed):
 class TransportFailure(RequestFailed):
     retryable = True
     error_type = "transport_error"
+    error_types = ("transport_error", "timeout", "connection_error")
 
 
 class BadResponse(RequestFailed):
@@ -125,3 +129,29 @@ class AuthFailed(RequestFailed):
 class QuotaExhausted(RequestFailed):
     fatal = True
     error_type = "insufficient_quota"
+
+
+def _transient_error_types() -> frozenset[str]:
+    """The error types of every class that says ``retryable`` (a class attribute, not per instance)."""
+    names, classes = set(), [RequestFailed]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if cls.__dict__.get("retryable") is True:
+            names.update(cls.error_types or (cls.error_type,))
+    return frozenset(names)
+
+
+TRANSIENT_ERROR_TYPES = _transient_error_types()
+
+
+def is_transient(error_type: str | None) -> bool:
+    """Whether a row that failed with ``error_type`` after every attempt may succeed if sent again.
+
+    Transient: the retryable classes (rate limits, 5xx/408/409, timeouts, connection failures,
+    unusable 200 bodies) — a rerun sends such rows again. Everything else a row can fail with is
+    permanent (400/404/422 rejections such as ``context_length_exceeded``, ``invalid_output``,
+    refusals): sending the same request again would get the same answer, so it stays failed unless
+    ``--retry-errors``.
+    """
+    return error_type in TRANSIENT_ERROR_TYPES

@@ -50,8 +50,9 @@ from .cache import ResponseCache
 from .runner import Reuse
 from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema, remove_stale_temp
 from .sources import Source, file_digest, open_source
-from .state import BEGIN, StateStore, open_state
-from .summary import Tally, to_json
+from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED
+from .state import BEGIN, TOTALS_KEY, TRANSIENT, StateStore, open_state
+from .summary import Spend, Tally, to_json
 from .tokens import TokenCounter
 from .spend import SpendCap
 
@@ -107,7 +108,7 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
 
 
 def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_overwrite: bool = True,
-            purpose: str = BEGIN) -> Prepared:
+            purpose: str = BEGIN, retry_errors: bool = False) -> Prepared:
     """Every check that needs no request; raises JobError (exit 2) on the first problem.
 
     With ``use_state`` the job's state is opened and locked (close ``prepared.store``; run_job
@@ -131,8 +132,13 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
     if prices.resolve(job.model) is None:
         warnings.append(f"no price known for model {job.model!r}: cost_usd will be null (unknown); "
                         "add it with a [prices] table or prices_file")
+    elif not job.local and not prices.has_tier(job.model, job.service_tier):
+        warnings.append(f"no {job.service_tier} price known for model {job.model!r}: cost_usd will be null "
+                        f"(unknown) for requests served in that tier; add {job.service_tier}_input and "
+                        f"{job.service_tier}_output with a [prices] table or prices_file")
     if job.max_cost_usd is not None:  # its errors (unknown price or output bound) before any request
-        SpendCap(Decimal(str(job.max_cost_usd)), prices, job.model, job.max_output_tokens, job.choices_per_request)
+        SpendCap(Decimal(str(job.max_cost_usd)), prices, job.model, job.max_output_tokens, job.choices_per_request,
+                 tier=job.service_tier)
     if not use_state:
         if check_overwrite:
             check_output(job.output_path, job.overwrite)
@@ -150,9 +156,34 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
         store.close()
         raise
     if store.resumed and purpose == BEGIN:
-        notes.append(f"resuming: {store.rows_done():,} of {source.num_rows:,} rows already finished "
-                     f"(state in {store.directory}); they will not be sent again")
+        notes.append(resume_note(store, source.num_rows, retry_errors))
     return Prepared(job, source, prices, tuple(warnings), store, tuple(notes))
+
+
+def resume_note(store: StateStore, rows: int, retry_errors: bool) -> str:
+    """What a resumed run takes from the journal and what it sends again, counted by kind."""
+    counts = store.row_counts()
+    ok, refused, failed = counts.get(STATUS_OK, 0), counts.get(STATUS_REFUSED, 0), counts.get(STATUS_ERROR, 0)
+    transient = counts.get(TRANSIENT, 0)
+    kinds = [f"{ok:,} ok"] + ([f"{refused:,} refused"] if refused else []) + [f"{failed:,} failed permanently"]
+    kept = ("--retry-errors: the refused and permanently failed ones will be sent again"
+            if retry_errors else "finished rows will not be sent again")
+    return (f"resuming: {ok + refused + failed:,} of {rows:,} rows finished ({', '.join(kinds)}); "
+            f"{transient:,} failed transiently and will be sent again; {kept} (state in {store.directory})")
+
+
+def earlier_spend(store: StateStore | None) -> Spend | None:
+    """What earlier runs of this job spent (None on its first run): the totals the state keeps, or
+    for a state that holds none (batch mode, an older version), what its journaled rows cost."""
+    if store is None or not store.resumed:
+        return None
+    totals = store.totals()
+    if totals is not None:
+        return Spend.from_json(totals)
+    tally = Tally(rows_total=0, discarded_cost_usd=store.discarded_cost_usd())  # batch replies discarded
+    for result in store.journaled_results():
+        tally.add(result)
+    return tally.spend(0.0)
 
 
 async def run_job(
@@ -167,7 +198,7 @@ async def run_job(
     retry_errors: bool = False,
 ) -> RunReport:
     """Run ``job`` end to end and return its report (the summary and the exit code)."""
-    prepared = prepared or prepare(job, fresh=fresh)
+    prepared = prepared or prepare(job, fresh=fresh, retry_errors=retry_errors)
     try:
         return await _run_prepared(job, prepared, http, seams, progress_mode, handle_signals, retry_errors)
     finally:
@@ -186,29 +217,41 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
     reuse = Reuse(store=prepared.store, cache=cache, retry_errors=retry_errors, dedupe=job.dedupe)
     counter = (token_counter(job) if job.limits.tokens_per_minute or job.max_cost_usd is not None or job.local
                else None)
+    earlier = earlier_spend(prepared.store)
     runner = Runner(job, source, sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
-                    prepared.prices, tally, seams, reuse, counter, _spend_cap(job, prepared))
+                    prepared.prices, tally, seams, reuse, counter, _spend_cap(job, prepared, earlier))
     progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s,
-                        requests_sent=lambda: runner.requests_sent, limits=runner.budget.describe)
+                        limits=runner.budget.describe)
     started_at, started = _now(), seams.clock()
+
+    def job_totals() -> str:
+        this = tally.spend(seams.clock() - started)
+        return (earlier.plus(this) if earlier is not None else this).to_json()
+
+    if prepared.store is not None:
+        prepared.store.track_totals(job_totals)
     ticker = asyncio.create_task(progress.run())
     grace_s = min(job.limits.timeout_s, GRACE_S)
     undo_signals = _install_signals(runner, grace_s) if handle_signals else (lambda: None)
+    outcome = "crashed"
     try:
         await runner.run()
+        outcome = "stopped" if runner.stopping else ("failed" if tally.errors or tally.statuses["refused"] else "ok")
     except BaseException:
         sink.discard()
         raise
     finally:
         undo_signals()
         ticker.cancel()
-        progress.close()
+        progress.close(outcome, runner.stop_reason)
+        if prepared.store is not None:
+            prepared.store.set_meta({TOTALS_KEY: job_totals()})
         if cache is not None:
             cache.close()
         if own_http:
             await http.aclose()
     exit_code = _exit_code(runner, tally)
-    summary = tally.summary(elapsed_s=seams.clock() - started, extra=_run_facts(
+    summary = tally.summary(elapsed_s=seams.clock() - started, earlier=earlier, extra=_run_facts(
         job, prepared, runner, started_at, exit_code))
     text = to_json(summary)
     sink.commit({SUMMARY_KEY: text.encode()})
@@ -233,7 +276,7 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
     try:
         start = 0
         for batch in source.batches(CHUNK_ROWS):
-            done = store.results_between(start, start + batch.num_rows)
+            done = store.results_between(start, start + batch.num_rows, finished_only=False)
             results = []
             for index, item in enumerate(renderer.render_batch(batch)):
                 row = start + index
@@ -262,12 +305,14 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
 
 
-def _spend_cap(job: Job, prepared: Prepared) -> SpendCap | None:
+def _spend_cap(job: Job, prepared: Prepared, earlier: Spend | None) -> SpendCap | None:
+    """The cost cap, starting from everything earlier runs of the job were billed (kept replies,
+    refused and invalid ones, replies discarded for validation)."""
     if job.max_cost_usd is None:
         return None
-    earlier = prepared.store.total_cost() if prepared.store is not None and prepared.store.resumed else Decimal(0)
     return SpendCap(Decimal(str(job.max_cost_usd)), prepared.prices, job.model, job.max_output_tokens,
-                    job.choices_per_request, spent_usd=earlier)
+                    job.choices_per_request, spent_usd=earlier.billed_usd if earlier is not None else Decimal(0),
+                    tier=job.service_tier)
 
 
 def _api_equivalent(job: Job, prepared: Prepared, runner: Runner) -> dict:
@@ -296,7 +341,6 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
         "output": str(job.output_path),
         "started_at": started_at,
         "finished_at": _now(),
-        "requests_sent": runner.requests_sent,
         "state_dir": str(prepared.store.directory) if prepared.store else None,
         "exit_code": exit_code,
         "stopped": runner.stop_reason,

@@ -106,7 +106,6 @@ class Runner:
         self.counter = counter
         self.stop_reason: str | None = None
         self.fatal: RequestFailed | CostCapReached | None = None
-        self.requests_sent = 0
         self._stop = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
@@ -116,6 +115,11 @@ class Runner:
         self._url = str(job.endpoint.url)
         self._renderer = RowRenderer.for_job(job, counter)
         self._validator = Validator(job.output) if job.output else None
+
+    @property
+    def requests_sent(self) -> int:
+        """HTTP requests this run sent (every attempt; not rows settled from the journal or a copy)."""
+        return self.tally.requests_sent
 
     # -- control -----------------------------------------------------------------------------
     @property
@@ -172,8 +176,7 @@ class Runner:
             done = self._journaled(pending)
             for index, item in enumerate(self._renderer.render_batch(batch)):
                 if index in done:
-                    self.tally.resumed += 1
-                    self._deliver(pending, index, done[index])
+                    self._deliver(pending, index, done[index], resumed=True)
                 elif isinstance(item, RowResult):
                     self._deliver(pending, index, item)
                 elif self.stopping:
@@ -235,7 +238,8 @@ class Runner:
             cache.put(digest, result)
         self._deliver(pending, index, result)
         for follower, follower_index in self._followers.pop(digest, ()):
-            copy = reused_result(result) if result.status == STATUS_OK else replace(result, attempts=0)
+            # a copy of a billed reply (ok, refused, invalid_output) is cached: the request was paid once
+            copy = reused_result(result) if result.completion is not None else replace(result, attempts=0)
             if store is not None and journaled(copy):
                 store.record(follower.start + follower_index, digest, copy)
             self._deliver(follower, follower_index, copy)
@@ -277,6 +281,8 @@ class Runner:
             retryable = invalid[0] <= self.job.validation_retries
             if retryable and cost is not None:
                 self.tally.discarded_cost_usd += cost  # billed, but this reply is thrown away
+                if self.reuse.store is not None:
+                    self.reuse.store.touch()  # journal the spend before the retry is sent
             raise InvalidOutput(invalid_message(completion, exc), completion=completion, cost_usd=cost,
                                 retryable=retryable) from exc
 
@@ -284,7 +290,8 @@ class Runner:
         """What a reply cost: from the price table and its usage; nothing on a local model."""
         if self.job.local:
             return Decimal(0)
-        return self.prices.cost_usd(completion.model or self.job.model, completion.usage)
+        return self.prices.cost_usd(completion.model or self.job.model, completion.usage,
+                                    tier=completion.service_tier or self.job.service_tier)
 
     def _settle(self, ticket, ok: bool, info, completion: Completion | None) -> None:
         usage = completion.usage if completion is not None else None
@@ -296,7 +303,7 @@ class Runner:
     async def _send(self, body: bytes, prompt_tokens: int, latency: list) -> Completion:
         reservation = self._reserve(prompt_tokens)
         started = self.seams.clock()
-        self.requests_sent += 1
+        self.tally.requests_sent += 1
         cost: Decimal | None = None  # what this attempt cost; None: maybe billed, unknown
         try:
             completion = await self.client.complete(body)
@@ -352,8 +359,8 @@ class Runner:
     def _success(self, completion: Completion, attempts: int, latency_s: float | None) -> RowResult:
         return completion_result(self.job, self._validator, completion, self._cost(completion), attempts, latency_s)
 
-    def _deliver(self, pending: PendingBatch, index: int, result: RowResult) -> None:
-        self.tally.add(result)
+    def _deliver(self, pending: PendingBatch, index: int, result: RowResult, resumed: bool = False) -> None:
+        self.tally.add(result, resumed=resumed)
         pending.deliver(index, result)
         if self._leading_failures is not None:
             self._check_fail_fast(result)

@@ -8,8 +8,10 @@ still cost, plus this one, stays within the cap. When the reply comes, :meth:`se
 reservation for the exact cost from ``usage``; a failed attempt costs nothing, except a 200 whose
 body was unusable, which is counted at its full reservation (it may have been billed).
 
-The spend so far includes what earlier runs of the same job spent on rows this run resumes, so a
-rerun continues only as far as the cap allows.
+The spend so far includes everything earlier runs of the same job were billed — ok rows, refusals,
+invalid replies, replies discarded for validation (the job's totals in its state, see
+:func:`pipeline.run.earlier_spend`) — so a rerun continues only as far as the cap allows. With a
+``service_tier`` of ``flex`` or ``priority`` the cap uses that tier's prices (and needs them).
 """
 
 from __future__ import annotations
@@ -23,22 +25,25 @@ from .pricing import MILLION, PriceTable
 
 class SpendCap:
     def __init__(self, cap_usd: Decimal, prices: PriceTable, model: str, max_output_tokens: int | None,
-                 choices: int, spent_usd: Decimal = Decimal(0)) -> None:
+                 choices: int, spent_usd: Decimal = Decimal(0), tier: str | None = None) -> None:
         name = prices.resolve(model)
         if name is None:
             raise JobError(f"max_cost needs a known price for model {model!r}; add it with a [prices] table")
+        if not prices.has_tier(model, tier):
+            raise JobError(f"max_cost needs a known {tier} price for model {model!r} (service_tier = {tier!r}); "
+                           f"add {tier}_input and {tier}_output to a [prices] table")
         if max_output_tokens is None:
             limits = model_limits(model)
             if limits is None:
                 raise JobError(f"max_cost needs max_completion_tokens for model {model!r} "
                                "(its largest reply is not known)")
             max_output_tokens = limits.max_output_tokens
-        price = prices.models[name]
+        rate_in, _, rate_out = prices.models[name].rates(tier)
         self.cap_usd = cap_usd
         self.spent_usd = spent_usd
         self.reserved_usd = Decimal(0)
-        self._input = price.input / MILLION
-        self._output_max = price.output * max_output_tokens * choices / MILLION
+        self._input = rate_in / MILLION
+        self._output_max = rate_out * max_output_tokens * choices / MILLION
 
     def most(self, prompt_tokens: int) -> Decimal:
         """The most one request with ``prompt_tokens`` can cost."""

@@ -16,7 +16,15 @@ at most ``concurrency`` requests that were sent but not journaled, and a rerun r
 
 A rerun of the same job resumes: journaled rows are taken from here, the rest are sent. The
 journal holds ok rows and row errors; rows that were never sent, or that failed because the run was
-refused (auth, quota), are not journaled and are sent again. ``retry_errors`` re-sends row errors.
+refused (auth, quota), are not journaled and are sent again. Rows that failed transiently (see
+:func:`pipeline.errors.is_transient`: timeouts, connection errors, 5xx, 429s, unusable replies) are
+journaled with status ``transient`` — counted, but not finished: a rerun sends them again.
+``retry_errors`` re-sends permanent row errors (and refusals) too.
+
+Beside the rows, ``meta`` keeps the job's running totals over all its runs (``job_totals``: tokens,
+cost, retries, 429s, elapsed, spend on discarded replies — see :class:`pipeline.summary.Spend`),
+written by every group commit from :meth:`StateStore.track_totals`, so a kill cannot forget what was
+paid.
 
 The fingerprint (model, endpoint, parameters, templates, input content) guards against mixing old
 and new replies: when it changed and the old run was unfinished, :func:`open_state` refuses, naming
@@ -45,12 +53,14 @@ import os
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
-from .errors import ChatbatchError, JobError
+from .errors import ChatbatchError, JobError, is_transient
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, RowResult, result_from_json, result_to_json
 
 BEGIN, CONTINUE, INSPECT = "begin", "continue", "inspect"
+TRANSIENT = "transient"  # rows.status of a row that failed transiently: sent again on resume
+TOTALS_KEY = "job_totals"
 NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota", "batch_expired", "batch_cancelled", "batch_failed"}
 SEEN_BITS = 1 << 24
 _SCHEMA = """
@@ -78,6 +88,13 @@ def journaled(result: RowResult) -> bool:
         result.status == STATUS_ERROR and result.error_type not in NOT_JOURNALED)
 
 
+def journal_status(result: RowResult) -> str:
+    """The row's status in the journal: its own, or ``transient`` for a failure worth sending again."""
+    if result.status == STATUS_ERROR and is_transient(result.error_type):
+        return TRANSIENT
+    return result.status
+
+
 class StateStore:
     """An opened, locked state. Use :func:`open_state`."""
 
@@ -92,16 +109,26 @@ class StateStore:
         self._pending: list[tuple] = []
         self._flushed: asyncio.Future | None = None
         self._seen = bytearray(SEEN_BITS // 8)  # a Bloom filter of ok rows' request digests
+        self._totals: Callable[[], str] | None = None  # the job's running totals, written with each commit
 
     # -- reading ----------------------------------------------------------------------------
     def rows_done(self) -> int:
-        return self._db.execute("SELECT count(*) FROM rows").fetchone()[0]
+        """Rows finished for good (transient failures are not: they are sent again)."""
+        return self._db.execute("SELECT count(*) FROM rows WHERE status != ?", (TRANSIENT,)).fetchone()[0]
 
-    def results_between(self, start: int, stop: int, retry_errors: bool = False) -> dict[int, RowResult]:
-        """Journaled results of rows ``start <= idx < stop`` (row errors left out with retry_errors)."""
+    def row_counts(self) -> dict[str, int]:
+        """Journaled rows by journal status: ok, refused, error (permanent), transient."""
+        return dict(self._db.execute("SELECT status, count(*) FROM rows GROUP BY status").fetchall())
+
+    def results_between(self, start: int, stop: int, retry_errors: bool = False,
+                        finished_only: bool = True) -> dict[int, RowResult]:
+        """Journaled results of rows ``start <= idx < stop``: the finished ones (not transient
+        failures; with retry_errors only ok rows), or with ``finished_only=False`` every one."""
         query = "SELECT idx, result FROM rows WHERE idx >= ? AND idx < ?"
         if retry_errors:
             query += " AND status = 'ok'"
+        elif finished_only:
+            query += f" AND status != '{TRANSIENT}'"
         return {idx: result_from_json(text) for idx, text in self._db.execute(query, (start, stop))}
 
     def find_reply(self, req_hash: bytes) -> RowResult | None:
@@ -167,14 +194,14 @@ class StateStore:
         return sum((Decimal(text) for (text,) in self._db.execute("SELECT discarded_cost_usd FROM batch_retries")),
                    Decimal(0))
 
-    def total_cost(self) -> Decimal:
-        """What the journaled rows cost (earlier runs' spend on this job), batch replies discarded
-        for validation retries included."""
-        total = self.discarded_cost_usd()
-        for (text,) in self._db.execute("SELECT result FROM rows WHERE status = 'ok'"):
-            cost = result_from_json(text).cost_usd
-            total += cost or 0
-        return total
+    def journaled_results(self) -> Iterable[RowResult]:
+        """Every journaled result, whatever its status (to rebuild the totals of a state that holds
+        none: refused and invalid replies were billed too)."""
+        return (result_from_json(text) for (text,) in self._db.execute("SELECT result FROM rows"))
+
+    def totals(self) -> str | None:
+        """The job's running totals over its earlier runs (JSON), if this state holds them."""
+        return self.meta(TOTALS_KEY)
 
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -187,13 +214,22 @@ class StateStore:
         Callers that are about to send a request call :meth:`committed` first, so that nothing is
         sent while an earlier result is still uncommitted.
         """
-        self._pending.append((idx, result.status, req_hash, result_to_json(result)))
+        self._pending.append((idx, journal_status(result), req_hash, result_to_json(result)))
         if req_hash is not None and result.status == STATUS_OK:
             self._mark_seen(req_hash)
+        self.touch()
+
+    def touch(self) -> None:
+        """Commit the job's totals on the next turn even with no row to journal (a discarded reply
+        was paid); :meth:`committed` waits for it like for a row."""
         if self._flushed is None:
             loop = asyncio.get_running_loop()
             self._flushed = loop.create_future()
             loop.call_soon(self.flush)
+
+    def track_totals(self, totals: Callable[[], str] | None) -> None:
+        """Write ``totals()`` (the job's running totals, JSON) with every commit from now on."""
+        self._totals = totals
 
     def _bits(self, req_hash: bytes) -> tuple[int, int]:
         mask = SEEN_BITS - 1
@@ -220,9 +256,11 @@ class StateStore:
         pending, flushed = self._pending, self._flushed
         self._pending, self._flushed = [], None
         try:
-            if pending:
+            if pending or flushed is not None:
                 with self._db:
                     self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)", pending)
+                    if self._totals is not None:
+                        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TOTALS_KEY, self._totals()))
         except sqlite3.Error as exc:
             error = StateError(f"cannot write the resume journal in {self.directory}: {exc}")
             if flushed is not None and not flushed.done():

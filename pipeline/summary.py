@@ -5,8 +5,13 @@ counts into a JSON-ready dict, which is printed as a table (:func:`format_summar
 the output as ``<output>.summary.json`` and stored in the Parquet file's key-value metadata.
 
 Rows answered from an identical request (``cached``) count apart and add no tokens or cost: they
-were billed once, on the row that sent the request. Rows resumed from an earlier run's journal count
-in full — the summary describes the whole output, and says how many rows were resumed.
+were billed once, on the row that sent the request.
+
+The summary describes the whole job: row counts describe the whole output (resumed rows included),
+and the spend — tokens, cost, retries, 429s, requests, elapsed — is the job's over all its runs:
+what earlier runs spent (a :class:`Spend` the state keeps, see :mod:`pipeline.state`) plus this run.
+This run's own part is beside it, under ``this_run``; a rerun that sends nothing shows the job's
+figures unchanged and zeros only there.
 
 Costs add up in Decimal from exact per-row costs. Rows whose model has no known price make that
 model's cost, and the total, ``null`` — with ``cost_usd_known`` giving the part that is known.
@@ -34,8 +39,87 @@ class ModelTally:
 
 
 @dataclass
+class Spend:
+    """What requests cost — per model, and retries, 429s, requests, time — for one run or a whole job."""
+
+    runs: int = 0
+    elapsed_s: float = 0.0
+    requests_sent: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    refusals: int = 0
+    tokens_total: int = 0
+    cost_known_usd: Decimal = Decimal(0)
+    discarded_cost_usd: Decimal = Decimal(0)  # billed replies thrown away (invalid, then retried)
+    models: dict[str, ModelTally] = field(default_factory=dict)
+
+    @property
+    def billed_usd(self) -> Decimal:
+        """Everything known to be billed: kept replies and discarded ones."""
+        return self.cost_known_usd + self.discarded_cost_usd
+
+    def plus(self, other: "Spend") -> "Spend":
+        models = {name: ModelTally(m.rows, Counter(m.tokens), m.cost_usd, m.rows_without_cost)
+                  for name, m in self.models.items()}
+        for name, m in other.models.items():
+            mine = models.setdefault(name, ModelTally())
+            mine.rows += m.rows
+            mine.tokens.update(m.tokens)
+            mine.cost_usd += m.cost_usd
+            mine.rows_without_cost += m.rows_without_cost
+        return Spend(self.runs + other.runs, self.elapsed_s + other.elapsed_s,
+                     self.requests_sent + other.requests_sent, self.retries + other.retries,
+                     self.rate_limited + other.rate_limited, self.refusals + other.refusals,
+                     self.tokens_total + other.tokens_total, self.cost_known_usd + other.cost_known_usd,
+                     self.discarded_cost_usd + other.discarded_cost_usd, models)
+
+    def to_json(self) -> str:
+        """Exact (Decimals as text), for the state."""
+        data = {k: getattr(self, k) for k in _SPEND_COUNTS}
+        data.update(cost_known_usd=str(self.cost_known_usd), discarded_cost_usd=str(self.discarded_cost_usd),
+                    models={name: [m.rows, dict(m.tokens), str(m.cost_usd), m.rows_without_cost]
+                            for name, m in self.models.items()})
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Spend":
+        data = json.loads(text)
+        models = {name: ModelTally(rows, Counter(tokens), Decimal(cost), without)
+                  for name, (rows, tokens, cost, without) in data["models"].items()}
+        return cls(**{k: data[k] for k in _SPEND_COUNTS}, cost_known_usd=Decimal(data["cost_known_usd"]),
+                   discarded_cost_usd=Decimal(data["discarded_cost_usd"]), models=models)
+
+    def figures(self) -> dict[str, Any]:
+        """The JSON-ready summary keys for this spend."""
+        models = {}
+        for name, model in sorted(self.models.items()):
+            models[name] = {
+                "rows": model.rows,
+                **{k: model.tokens[k] for k in TOKEN_FIELDS},
+                "cost_usd": None if model.rows_without_cost else float(model.cost_usd),
+            }
+        complete = all(m.rows_without_cost == 0 for m in self.models.values())
+        return {
+            "refusals": self.refusals,
+            **{k: sum(m.tokens[k] for m in self.models.values()) for k in TOKEN_FIELDS},
+            "total_tokens": self.tokens_total,
+            "cost_usd": float(self.billed_usd) if complete else None,
+            "cost_usd_known": float(self.billed_usd),
+            "discarded_replies_cost_usd": float(self.discarded_cost_usd),
+            "models": models,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "requests_sent": self.requests_sent,
+            "retries": self.retries,
+            "rate_limited_429": self.rate_limited,
+        }
+
+
+_SPEND_COUNTS = ("runs", "elapsed_s", "requests_sent", "retries", "rate_limited", "refusals", "tokens_total")
+
+
+@dataclass
 class Tally:
-    """Running counts of a run; every field is derived from finished rows."""
+    """Running counts of a run: its rows (for the output) and what its requests cost (a :class:`Spend`)."""
 
     rows_total: int
     statuses: Counter = field(default_factory=Counter)
@@ -51,6 +135,7 @@ class Tally:
     api_prompt_tokens: int = 0  # local runs: OpenAI's count of what was sent ...
     api_completion_tokens: int = 0  # ... and of what came back
     tokens_total: int = 0
+    requests_sent: int = 0  # HTTP requests sent by this run (every attempt)
 
     @property
     def rows_done(self) -> int:
@@ -60,14 +145,23 @@ class Tally:
     def errors(self) -> int:
         return self.statuses[STATUS_ERROR]
 
-    def add(self, result: RowResult) -> None:
+    @property
+    def not_sent(self) -> int:
+        return self.error_types["not_sent"]
+
+    def add(self, result: RowResult, *, resumed: bool = False) -> None:
+        """Count a finished row; a ``resumed`` one (an earlier run's) counts in the rows, not the spend."""
         self.statuses[result.status] += 1
-        self.retries += max(result.attempts - 1, 0)
         if result.error_type and result.status == STATUS_ERROR:
             self.error_types[result.error_type] += 1
-        completion = result.completion
         if result.cached:
             self.cached += 1
+        if resumed:
+            self.resumed += 1
+            return
+        self.retries += max(result.attempts - 1, 0)
+        completion = result.completion
+        if result.cached:
             return
         if completion is None:
             return
@@ -87,35 +181,32 @@ class Tally:
             model.cost_usd += result.cost_usd
             self.cost_known_usd += result.cost_usd
 
-    def summary(self, *, elapsed_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        models = {}
-        for name, model in sorted(self.models.items()):
-            models[name] = {
-                "rows": model.rows,
-                **{k: model.tokens[k] for k in TOKEN_FIELDS},
-                "cost_usd": None if model.rows_without_cost else float(model.cost_usd),
-            }
-        complete = all(m.rows_without_cost == 0 for m in self.models.values())
+    def spend(self, elapsed_s: float) -> Spend:
+        """This run's spend."""
+        return Spend(1, elapsed_s, self.requests_sent, self.retries, self.rate_limited, self.refusals,
+                     self.tokens_total, self.cost_known_usd, self.discarded_cost_usd, self.models)
+
+    def summary(self, *, elapsed_s: float, extra: dict[str, Any] | None = None,
+                earlier: Spend | None = None) -> dict[str, Any]:
+        """The job's summary: the output's rows, the job's spend (``earlier`` runs' plus this one's)
+        and this run's part under ``this_run``."""
+        this = self.spend(elapsed_s)
+        job = earlier.plus(this) if earlier is not None else this
+        settled = self.rows_done - self.resumed
         return {
             "rows": self.rows_total,
             "ok": self.statuses[STATUS_OK],
             "error": self.statuses[STATUS_ERROR],
             "skipped": self.statuses[STATUS_SKIPPED],
             "refused": self.statuses[STATUS_REFUSED],
-            "refusals": self.refusals,
             "cached_rows": self.cached,
             "resumed_rows": self.resumed,
             "error_types": dict(self.error_types.most_common()),
-            **{k: sum(m.tokens[k] for m in self.models.values()) for k in TOKEN_FIELDS},
-            "total_tokens": self.tokens_total,
-            "cost_usd": float(self.cost_known_usd + self.discarded_cost_usd) if complete else None,
-            "cost_usd_known": float(self.cost_known_usd + self.discarded_cost_usd),
-            "discarded_replies_cost_usd": float(self.discarded_cost_usd),
-            "models": models,
-            "elapsed_s": round(elapsed_s, 3),
-            "rows_per_s": round(self.rows_done / elapsed_s, 2) if elapsed_s > 0 else None,
-            "retries": self.retries,
-            "rate_limited_429": self.rate_limited,
+            "runs": job.runs,
+            **job.figures(),
+            "rows_per_s": round(self.rows_done / job.elapsed_s, 2) if job.elapsed_s > 0 else None,
+            "this_run": {**this.figures(), "rows_settled": settled, "resumed_rows": self.resumed,
+                         "rows_per_s": round(settled / elapsed_s, 2) if elapsed_s > 0 else None},
             **(extra or {}),
         }
 
@@ -139,6 +230,13 @@ def format_summary(summary: dict[str, Any]) -> str:
     rate = summary.get("rows_per_s")
     lines.append(f"elapsed    {summary['elapsed_s']:.1f}s" + (f"  ({rate:,.1f} rows/s)" if rate else "")
                  + f"  retries {summary['retries']:,}  429s {summary['rate_limited_429']:,}")
+    this = summary.get("this_run")
+    if this and summary.get("runs", 1) > 1:
+        this_cost = f"${this['cost_usd']:.6f}" if this["cost_usd"] is not None else "unknown"
+        lines.append(f"this run   run {summary['runs']:,} of the job: {this['requests_sent']:,} requests, "
+                     f"{this['rows_settled']:,} rows settled, tokens {this['total_tokens']:,}, cost {this_cost}, "
+                     f"elapsed {this['elapsed_s']:.1f}s, retries {this['retries']:,}, "
+                     f"429s {this['rate_limited_429']:,}")
     if summary["error_types"]:
         lines.append("errors     " + ", ".join(f"{k} {v:,}" for k, v in summary["error_types"].items()))
     equivalent = summary.get("api_equivalent")

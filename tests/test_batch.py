@@ -104,7 +104,8 @@ def test_failed_batch_and_error_only_batch(fake, tmp_path):
     assert [r["error_type"] for r in rows[:2]] == ["batch_failed", "batch_failed"]
     assert all(r["status"] == "error" and r["error_type"] == "server_error" for r in rows[2:])  # status_code 0 lines
     resubmit = chatbatch("batch", "submit", *job(fake, tmp_path), "--json")
-    assert resubmit.returncode == 0 and [b["requests"] for b in json.loads(resubmit.stdout)] == [2]  # the failed batch's rows
+    # the failed batch's rows, and the rows that failed transiently (server_error): sent again
+    assert resubmit.returncode == 0 and [b["requests"] for b in json.loads(resubmit.stdout)] == [4]
 
 
 def test_cancel_keeps_partial_output(fake, tmp_path):
