@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from .jobspec import build_job
 from .estimate import estimate as estimate_job
 from .estimate import format_estimate
 from .pricing import load_prices
+from .progress import timestamp
 from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_ROW_ERRORS, RunReport, prepare,
                   read_summary, run_job, token_counter)
 from .state import BEGIN, CONTINUE, INSPECT
@@ -433,12 +435,13 @@ def summary(output: Path, as_json: bool) -> None:
 
 def _run(job, fresh: bool, retry_errors: bool):
     prepared = prepare(job, fresh=fresh, retry_errors=retry_errors)
+    mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
+    stamp = f"{timestamp(time.time())} " if mode == "log" else ""  # cron: every log line is timestamped
     for warning in prepared.warnings:
-        click.echo(f"chatbatch: warning: {warning}", err=True)
+        click.echo(f"{stamp}chatbatch: warning: {warning}", err=True)
     for note in prepared.notes:
         if not job.quiet:
-            click.echo(f"chatbatch: {note}", err=True)
-    mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
+            click.echo(f"{stamp}chatbatch: {note}", err=True)
     return asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
                                retry_errors=retry_errors))
 

@@ -44,7 +44,8 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _timestamp(epoch_s: float) -> str:
+def timestamp(epoch_s: float) -> str:
+    """ISO 8601 UTC, to the second: the prefix of every log line."""
     return datetime.fromtimestamp(epoch_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -126,7 +127,7 @@ class Progress:
                 f"({t.resumed:,} from earlier runs, {t.requests_sent:,} requests sent)")
 
     def _print(self, text: str) -> None:
-        print(f"{_timestamp(self.wall())} {text}", file=self.stream, flush=True)
+        print(f"{timestamp(self.wall())} {text}", file=self.stream, flush=True)
 
     def close(self, outcome: str | None = None, reason: str | None = None) -> None:
         if self._bar is not None:
