@@ -7,15 +7,18 @@ progress display, prints the summary, and maps outcomes to the documented exit c
 0     every row ok (skipped rows are fine)
 1     the run finished but some rows failed (see status/error_type)
 2     bad job, flag or input: nothing was sent
-3     run aborted (auth, quota): partial output written
+3     run aborted (auth, quota, cost cap, fail fast): partial output written
+4     internal error (a bug), or the output could not be written (disk full)
 130   interrupted (Ctrl-C / SIGTERM): partial output written
-4     internal error (a bug)
 5     batch status / collect: batches still running
 ====  =============================================================
 
 ``batch`` subcommands: ``submit`` 0 (also with nothing to send, said on stderr), 2, 3; ``status``
 0 or 5; ``collect`` 0, 1 (rows failed or still unanswered) or 5; ``cancel`` 0, or 1 when a cancel
 was refused (the other batches are still cancelled). 2, 3, 4 and 130 as above for all of them.
+
+``CHATBATCH_STOP_GRACE_S`` sets how long requests in flight may finish after the first Ctrl-C /
+SIGTERM (default 10 s, never more than the job's ``timeout``).
 """
 
 from __future__ import annotations
@@ -36,14 +39,14 @@ from . import batch as batch_mode
 from .batchapi import TERMINAL as BATCH_ENDED
 from .client import redact
 from .local import local_job
-from .errors import ChatbatchError, JobError, RequestFailed
+from .errors import ChatbatchError, JobError, OutputError, RequestFailed
 from .jobspec import build_job
 from .estimate import estimate as estimate_job
 from .estimate import format_estimate
 from .pricing import load_prices
 from .progress import timestamp
-from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_ROW_ERRORS, RunReport, prepare,
-                  read_summary, run_job, token_counter)
+from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_ROW_ERRORS, GRACE_S, RunReport,
+                  prepare, read_summary, run_job, token_counter)
 from .state import BEGIN, CONTINUE, INSPECT
 from .summary import format_summary
 
@@ -56,7 +59,14 @@ ABORT_ADVICE = {
                         "finished rows will not be sent (or paid for) again",
     "insufficient_quota": "the account is out of credit or over its spending limit: add credit or raise "
                           "the limit on the provider's billing page, then run the job again",
+    "connection_error": "check base_url (host and port), that the server is running and reachable from "
+                        "here (firewall, proxy, VPN), then run the same command again",
+    "timeout": "the endpoint answered nothing within the timeout: check base_url and the server, or "
+               "raise timeout (--timeout), then run the same command again",
+    "invalid_output": "check output_schema (or labels), structured_mode and that the model supports "
+                      "structured output, then run the job again",
 }
+GRACE_ENV = "CHATBATCH_STOP_GRACE_S"
 
 
 def _kv_pairs(ctx, param, values) -> dict[str, str] | None:
@@ -209,9 +219,13 @@ def run(job_file: Path | None, **options: Any) -> None:
         _fail(str(exc), EXIT_BAD_JOB, api_key)
     except KeyboardInterrupt:
         _fail("interrupted before the run started: nothing was sent", EXIT_INTERRUPTED, api_key)
+    except OutputError as exc:
+        _fail(f"{exc}\n  The run stopped; rows finished before the stop are kept in the job's journal "
+              "(the state folder). Fix the cause (e.g. free disk space) and run the same command again: "
+              "finished rows will not be sent again.", EXIT_INTERNAL, api_key)
     except ChatbatchError as exc:
         _fail(str(exc), EXIT_ABORTED, api_key)
-    except Exception as exc:  # the CLI boundary: never show a traceback that could hold secrets
+    except (Exception, asyncio.CancelledError) as exc:  # the CLI boundary: never a traceback (secrets)
         _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, api_key)
     summary = report.summary
     if not job.quiet:
@@ -434,6 +448,7 @@ def summary(output: Path, as_json: bool) -> None:
 
 
 def _run(job, fresh: bool, retry_errors: bool):
+    grace_s = _grace_s()
     prepared = prepare(job, fresh=fresh, retry_errors=retry_errors)
     mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
     stamp = f"{timestamp(time.time())} " if mode == "log" else ""  # cron: every log line is timestamped
@@ -443,7 +458,15 @@ def _run(job, fresh: bool, retry_errors: bool):
         if not job.quiet:
             click.echo(f"{stamp}chatbatch: {note}", err=True)
     return asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
-                               retry_errors=retry_errors))
+                               retry_errors=retry_errors, grace_s=grace_s))
+
+
+def _grace_s() -> float:
+    value = os.environ.get(GRACE_ENV)
+    try:
+        return GRACE_S if value is None else max(float(value), 0.0)
+    except ValueError:
+        raise JobError(f"{GRACE_ENV} must be a number of seconds, got {value!r}") from None
 
 
 def _fail(message: str, code: int, secret: str | None) -> None:

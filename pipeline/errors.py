@@ -12,6 +12,7 @@ should be sent again by a plain rerun: :func:`is_transient` answers it from the 
     │   ├── InputError           unreadable input, missing column, ...
     │   └── OutputExistsError    output exists and --overwrite was not given
     ├── CostCapReached           the next request could cross max_cost (the run stops, exit 3)
+    ├── OutputError              the output cannot be written (disk full, ...): the run stops (exit 4)
     └── RequestFailed            one HTTP exchange failed (carries http_status, error_type)
         ├── retryable = True       transient: a rerun sends the row again
         │   ├── RateLimited        429 rate_limit_exceeded (slows the whole run)
@@ -50,6 +51,10 @@ class CostCapReached(ChatbatchError):
     """Sending another request could push the spend past the job's max_cost."""
 
     error_type = "max_cost_reached"
+
+
+class OutputError(ChatbatchError):
+    """The output file could not be written (disk full, permissions, a value Arrow refused)."""
 
 
 class RequestFailed(ChatbatchError):

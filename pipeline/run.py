@@ -39,7 +39,7 @@ import httpx
 from . import __version__
 from .client import ChatClient
 from .transport import make_http_client
-from .errors import InputError
+from .errors import InputError, OutputError
 from .jobspec import Job
 from .pricing import PriceTable, load_prices
 from .progress import Progress
@@ -116,19 +116,13 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
     used as the job left it (``batch collect``) — see :mod:`pipeline.state`.
     """
     source = open_source(job.input_path)
-    if job.template is not None:
-        Template(job.template).check_columns(source.columns)
-    if job.system is not None:
-        Template(job.system).check_columns(source.columns, what="system prompt")
-    for what, names in (("messages_column", [job.messages_column] if job.messages_column else []),
-                        ("required_columns", job.required_columns)):
-        missing = [name for name in names if name not in source.columns]
-        if missing:
-            raise InputError(f"{what} names column {missing[0]!r}, which the input lacks; "
-                             f"the input's columns are: {', '.join(source.columns)}")
+    if source.columns:  # an empty file has no columns to check (and no rows to send)
+        _check_columns(job, source)
     output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
     prices = load_prices(job.prices_file, job.price_overrides)
     warnings, notes = [], []
+    if source.num_rows == 0:
+        warnings.append(f"the input {job.input_path} has no rows: nothing to send, the output will be empty")
     if prices.resolve(job.model) is None:
         warnings.append(f"no price known for model {job.model!r}: cost_usd will be null (unknown); "
                         "add it with a [prices] table or prices_file")
@@ -186,6 +180,20 @@ def earlier_spend(store: StateStore | None) -> Spend | None:
     return tally.spend(0.0)
 
 
+def _check_columns(job: Job, source: Source) -> None:
+    """Every column the job names exists in the input; InputError naming the first that does not."""
+    if job.template is not None:
+        Template(job.template).check_columns(source.columns)
+    if job.system is not None:
+        Template(job.system).check_columns(source.columns, what="system prompt")
+    for what, names in (("messages_column", [job.messages_column] if job.messages_column else []),
+                        ("required_columns", job.required_columns)):
+        missing = [name for name in names if name not in source.columns]
+        if missing:
+            raise InputError(f"{what} names column {missing[0]!r}, which the input lacks; "
+                             f"the input's columns are: {', '.join(source.columns)}")
+
+
 async def run_job(
     job: Job,
     *,
@@ -196,17 +204,25 @@ async def run_job(
     handle_signals: bool = False,
     fresh: bool = False,
     retry_errors: bool = False,
+    grace_s: float = GRACE_S,
 ) -> RunReport:
-    """Run ``job`` end to end and return its report (the summary and the exit code)."""
+    """Run ``job`` end to end and return its report (the summary and the exit code).
+
+    With ``handle_signals``, SIGINT/SIGTERM stop the run; requests in flight get
+    ``min(grace_s, timeout)`` seconds to finish. Raises :class:`~pipeline.errors.OutputError` when
+    the output cannot be written (finished rows stay in the journal).
+    """
     prepared = prepared or prepare(job, fresh=fresh, retry_errors=retry_errors)
     try:
-        return await _run_prepared(job, prepared, http, seams, progress_mode, handle_signals, retry_errors)
+        grace_s = min(job.limits.timeout_s, grace_s)
+        return await _run_prepared(job, prepared, http, seams, progress_mode,
+                                   grace_s if handle_signals else None, retry_errors)
     finally:
         if prepared.store is not None:
             prepared.store.close()
 
 
-async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signals, retry_errors) -> RunReport:
+async def _run_prepared(job, prepared, http, seams, progress_mode, signal_grace_s, retry_errors) -> RunReport:
     source = prepared.source
     tally = Tally(rows_total=source.num_rows)
     schema = output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
@@ -231,32 +247,34 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, handle_signal
     if prepared.store is not None:
         prepared.store.track_totals(job_totals)
     ticker = asyncio.create_task(progress.run())
-    grace_s = min(job.limits.timeout_s, GRACE_S)
-    undo_signals = _install_signals(runner, grace_s) if handle_signals else (lambda: None)
+    # signals stay handled until the output is in place: a stop during the final write changes nothing
+    undo_signals = _install_signals(runner, signal_grace_s) if signal_grace_s is not None else (lambda: None)
     outcome = "crashed"
     try:
-        await runner.run()
-        outcome = "stopped" if runner.stopping else ("failed" if tally.errors or tally.statuses["refused"] else "ok")
+        try:
+            await runner.run()
+            outcome = "stopped" if runner.stopping else ("failed" if tally.errors or tally.statuses["refused"] else "ok")
+        finally:
+            ticker.cancel()
+            progress.close(outcome, runner.stop_reason)
+            if prepared.store is not None:
+                prepared.store.set_meta({TOTALS_KEY: job_totals()})
+            if cache is not None:
+                cache.close()
+            if own_http:
+                await http.aclose()
+        exit_code = _exit_code(runner, tally)
+        summary = tally.summary(elapsed_s=seams.clock() - started, earlier=earlier, extra=_run_facts(
+            job, prepared, runner, started_at, exit_code))
+        text = to_json(summary)
+        sink.commit({SUMMARY_KEY: text.encode()})
+        summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
+        _write_atomically(summary_path, text)
     except BaseException:
         sink.discard()
         raise
     finally:
         undo_signals()
-        ticker.cancel()
-        progress.close(outcome, runner.stop_reason)
-        if prepared.store is not None:
-            prepared.store.set_meta({TOTALS_KEY: job_totals()})
-        if cache is not None:
-            cache.close()
-        if own_http:
-            await http.aclose()
-    exit_code = _exit_code(runner, tally)
-    summary = tally.summary(elapsed_s=seams.clock() - started, earlier=earlier, extra=_run_facts(
-        job, prepared, runner, started_at, exit_code))
-    text = to_json(summary)
-    sink.commit({SUMMARY_KEY: text.encode()})
-    summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
-    _write_atomically(summary_path, text)
     if prepared.store is not None:
         prepared.store.set_meta({"complete": "true" if not runner.stopping else "false"})
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
@@ -353,22 +371,31 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
 
 
 def _install_signals(runner: Runner, grace_s: float) -> Callable[[], None]:
-    """SIGINT/SIGTERM stop dispatching; in-flight requests get ``grace_s``, a second signal none."""
+    """SIGINT/SIGTERM stop dispatching; in-flight requests get ``grace_s``, a second signal none.
+
+    The first signal also sets the second stop to come by itself after ``grace_s``. Signals after the
+    run has finished (while the output is written) change nothing.
+    """
     loop = asyncio.get_running_loop()
     names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
+    timers: list[asyncio.TimerHandle] = []
 
     def on_signal(reason: str) -> None:
+        if runner.finished:
+            return
         first = not runner.stopping
         runner.request_stop(reason)
         if first:
             sys.stderr.write(f"\nchatbatch: {reason}: sending no more requests; those in flight get up to "
                              f"{grace_s:g}s to finish (signal again to cancel them)\n")
-            loop.call_later(grace_s, lambda: runner.request_stop(reason))
+            timers.append(loop.call_later(grace_s, lambda: runner.request_stop(reason)))
 
     for signum, reason in names.items():
         loop.add_signal_handler(signum, on_signal, reason)
 
     def undo() -> None:
+        for timer in timers:
+            timer.cancel()
         for signum in names:
             loop.remove_signal_handler(signum)
     return undo
@@ -376,8 +403,12 @@ def _install_signals(runner: Runner, grace_s: float) -> Callable[[], None]:
 
 def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc}") from exc
 
 
 def _now() -> str:

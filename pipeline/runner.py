@@ -18,10 +18,20 @@
   uncommitted, so a SIGKILL leaves at most ``concurrency`` sent-but-unrecorded requests.
 * The writer waits for batches to complete in input order and appends them to the sink.
 
-Stopping: a fatal error (401/403, insufficient quota, a job failing every row the same way) or
-:meth:`Runner.request_stop` (a signal) stops dispatching at once. Requests in flight finish (a second
-stop request cancels them); every row not sent is written with status ``error`` and error_type
-``not_sent``, so the output still has one row per input row; a rerun sends those rows.
+Stopping: a fatal error (401/403, insufficient quota, a job failing every row the same way — see
+:mod:`pipeline.failfast`), a failed write, or :meth:`Runner.request_stop` (a signal) stops
+dispatching at once. Requests in flight finish (a second stop request cancels them); idle workers
+drain the work queue, the producer reads the rest of the input, and every row not sent is written
+with status ``error`` and error_type ``not_sent``, so the output still has one row per input row —
+whatever the input's size and whenever the stop came; a rerun sends those rows.
+
+Per-row boundary: an unexpected exception while handling one row (rendering it, parsing or
+validating its reply, turning the reply into its columns) becomes that row's error
+(``internal_error``, with the exception's message) and the run goes on. The writer is the other
+boundary: if the sink fails (disk full), the run stops as above, the workers and producer finish
+without it (nothing waits on a dead writer), and :meth:`Runner.run` raises the
+:class:`~pipeline.errors.OutputError` at the end; finished rows are in the journal. An error that is
+no row's fault (the journal cannot be written) stops the run the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +46,10 @@ import pyarrow as pa
 
 from .cache import ResponseCache, request_digest
 from .client import ChatClient
-from .errors import CostCapReached, InvalidOutput, NotSent, RateLimited, RequestFailed, RowRejected
+from .client import redact
+from .errors import (ChatbatchError, CostCapReached, InvalidOutput, NotSent, OutputError, RateLimited,
+                     RequestFailed)
+from .failfast import FailFast
 from .jobspec import Job
 from .pricing import PriceTable
 from .prompts import RowRenderer
@@ -44,7 +57,7 @@ from .ratelimit import RateBudget
 from .records import (STATUS_ERROR, STATUS_OK, STATUS_REFUSED, Completion, RowResult, not_sent_result,
                       reused_result)
 from .retry import call_with_retries
-from .sinks import ParquetSink
+from .sinks import ParquetSink, check_fields
 from .sources import Source
 from .spend import SpendCap
 from .state import StateStore, journaled
@@ -55,7 +68,7 @@ from .tokens import TokenCounter
 CHUNK_ROWS = 1024
 WINDOW_ROWS = 32768
 DEFAULT_PAUSE_S = 1.0  # run-wide pause after a 429 that named no wait
-FAIL_FAST_ROWS = 20  # this many identical 4xx row errors before any success stop the run
+MAX_INTERNAL_ERROR_CHARS = 500
 
 
 @dataclass(slots=True)
@@ -109,9 +122,12 @@ class Runner:
         self._stop = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
+        self._busy: set[asyncio.Task] = set()  # workers handling a row (a second stop cancels them)
         self._cancelled: dict[asyncio.Task, bool] = {}  # workers we cancelled on purpose -> in flight?
         self._followers: dict[bytes, list[tuple[PendingBatch, int]]] = {}  # in-flight digest -> waiting rows
-        self._leading_failures: dict[tuple, int] | None = {}  # None once a row succeeded
+        self.fail_fast = FailFast(str(job.endpoint.url))
+        self.error: ChatbatchError | None = None  # what stopped the run and is raised when it ends
+        self.finished = False
         self._url = str(job.endpoint.url)
         self._renderer = RowRenderer.for_job(job, counter)
         self._validator = Validator(job.output) if job.output else None
@@ -127,9 +143,15 @@ class Runner:
         return self._stop.is_set()
 
     def request_stop(self, reason: str) -> None:
-        """Stop dispatching now; called a second time, cancel requests in flight too."""
+        """Stop dispatching now; called a second time, cancel requests in flight too.
+
+        Only workers busy with a row are cancelled: idle ones must stay to drain the work queue.
+        Once the run has finished, a stop changes nothing.
+        """
+        if self.finished:
+            return
         hard = self.stopping
-        targets = self._workers if hard else list(self._waiting)
+        targets = list(self._busy if hard else self._waiting)
         if not hard:
             self.stop_reason = reason
             self._stop.set()
@@ -163,8 +185,11 @@ class Runner:
             await window.put(None)
             await writer
         finally:
+            self.finished = True
             for task in (*self._workers, writer):
                 task.cancel()
+        if self.error is not None:
+            raise self.error
 
     async def _produce(self, work: asyncio.Queue, window: asyncio.Queue) -> None:
         batches = self.source.batches(CHUNK_ROWS)
@@ -174,7 +199,7 @@ class Runner:
             start += batch.num_rows
             await window.put(pending)
             done = self._journaled(pending)
-            for index, item in enumerate(self._renderer.render_batch(batch)):
+            for index, item in enumerate(self._render(batch)):
                 if index in done:
                     self._deliver(pending, index, done[index], resumed=True)
                 elif isinstance(item, RowResult):
@@ -183,6 +208,29 @@ class Runner:
                     self._deliver(pending, index, not_sent_result(self._not_sent_reason()))
                 elif (digest := self._settle_from_reuse(pending, index, item[0])) is not None:
                     await work.put((pending, index, item[0], item[1], digest))
+
+    def _render(self, batch: pa.RecordBatch) -> list:
+        """The batch's requests; once stopping, none (rows not journaled are not sent anyway).
+
+        The per-row boundary for rendering: if the batch fails to render, each row is rendered on
+        its own and a row that still fails becomes its ``internal_error``.
+        """
+        if self.stopping:
+            return [not_sent_result(self._not_sent_reason())] * batch.num_rows
+        try:
+            return self._renderer.render_batch(batch)
+        except Exception:  # the documented per-row boundary: find the row, keep the run
+            return [self._render_row(batch.slice(index, 1)) for index in range(batch.num_rows)]
+
+    def _render_row(self, row: pa.RecordBatch):
+        try:
+            return self._renderer.render_batch(row)[0]
+        except Exception as exc:  # the documented per-row boundary
+            return self._internal_error(exc, "rendering the request")
+
+    def _internal_error(self, exc: Exception, doing: str) -> RowResult:
+        """A row's result for an unexpected exception (a bug): the row fails, the run goes on."""
+        return internal_error_result(exc, doing, self.job.endpoint.api_key)
 
     def _journaled(self, pending: PendingBatch) -> dict[int, RowResult]:
         store = self.reuse.store
@@ -218,6 +266,7 @@ class Runner:
             if self.stopping:
                 result = not_sent_result(self._not_sent_reason())
             else:
+                self._busy.add(task)
                 try:
                     result = await self._process(body, prompt_tokens)
                 except asyncio.CancelledError:
@@ -227,6 +276,13 @@ class Runner:
                     result = not_sent_result(
                         "cancelled after the run was stopped a second time (if it was in flight, it may "
                         "have been billed)" if self._cancelled.pop(task) else self._not_sent_reason())
+                except ChatbatchError as exc:  # not the row's fault (the journal cannot be written): stop
+                    self._abort(exc)
+                    result = not_sent_result(self._not_sent_reason())
+                except Exception as exc:  # the documented per-row boundary: this row fails, the run goes on
+                    result = self._internal_error(exc, "sending the request")
+                finally:
+                    self._busy.discard(task)
             self._finish(pending, index, digest, result)
 
     def _finish(self, pending: PendingBatch, index: int, digest: bytes, result: RowResult) -> None:
@@ -262,12 +318,21 @@ class Runner:
             completion = await self._send(body, prompt_tokens, latency)
             ok, info = True, completion.rate_info
             self._validate(completion, invalid)
+            self._judge(None)
             return completion
         except RequestFailed as exc:
             info = exc.rate_info
+            self._judge(exc)
             raise
         finally:
             self._settle(ticket, ok, info, completion)
+
+    def _judge(self, failure: RequestFailed | None) -> None:
+        """Let the fail-fast policy see one sent attempt; stop the run when it says the job is wrong."""
+        stop = self.fail_fast.attempt(failure)
+        if stop is not None and not self.stopping:
+            self.fatal = self.fatal or stop
+            self.request_stop(stop.message)
 
     def _validate(self, completion: Completion, invalid: list) -> None:
         """Check a structured reply; an invalid one is retried (validation_retries), then kept as an error."""
@@ -357,42 +422,40 @@ class Runner:
         return _failed(outcome.failure, outcome.attempts, latency[0])
 
     def _success(self, completion: Completion, attempts: int, latency_s: float | None) -> RowResult:
-        return completion_result(self.job, self._validator, completion, self._cost(completion), attempts, latency_s)
+        cost = self._cost(completion)
+        try:
+            result = completion_result(self.job, self._validator, completion, cost, attempts, latency_s)
+            if result.fields is not None:
+                check_fields(self.job.output, result.fields)
+            return result
+        except Exception as exc:  # the documented per-row boundary: the reply is kept (it was billed)
+            failed = self._internal_error(exc, "turning the reply into its columns")
+            return replace(failed, attempts=attempts, http_status=200, cost_usd=cost, latency_s=latency_s,
+                           completion=replace(completion, rate_info=None, logprobs=None))
 
     def _deliver(self, pending: PendingBatch, index: int, result: RowResult, resumed: bool = False) -> None:
         self.tally.add(result, resumed=resumed)
         pending.deliver(index, result)
-        if self._leading_failures is not None:
-            self._check_fail_fast(result)
-
-    def _check_fail_fast(self, result: RowResult) -> None:
-        """Stop when the first requests all fail the same way: the job is wrong, not the rows.
-
-        A wrong model name or base URL gets a 404 (or 400) for every row; sending millions of rows
-        to learn that helps nobody. One success anywhere turns this check off for the run.
-        """
-        if result.status == STATUS_OK:
-            self._leading_failures = None
-            return
-        status = result.http_status
-        if result.status != STATUS_ERROR or status is None or not 400 <= status < 500:
-            return
-        key = (result.error_type, status)
-        self._leading_failures[key] = self._leading_failures.get(key, 0) + 1
-        if len(self._leading_failures) == 1 and self._leading_failures[key] >= FAIL_FAST_ROWS and not self.stopping:
-            message = (f"the first {FAIL_FAST_ROWS} requests all failed with HTTP {status} "
-                       f"({result.error_type}) and none succeeded, so the job itself looks wrong "
-                       f"(model name? base URL? parameters?): {result.error_message}")
-            self.fatal = RowRejected(message, http_status=status, error_type=result.error_type)
-            self.request_stop(message)
 
     def _not_sent_reason(self) -> str:
         return f"not sent: the run stopped ({self.stop_reason})"
 
     async def _writer(self, window: asyncio.Queue) -> None:
+        """Append finished batches in order. It never dies: after a failed write it stops the run and
+        keeps taking batches (unwritten), so the producer is never left waiting on a full window."""
         while (pending := await window.get()) is not None:
             await pending.done.wait()
-            await asyncio.to_thread(self.sink.write, pending.batch, pending.results)
+            if isinstance(self.error, OutputError):
+                continue
+            try:
+                await asyncio.to_thread(self.sink.write, pending.batch, pending.results)
+            except Exception as exc:  # the writer's last-resort boundary: a failed write stops the run
+                self._abort(_output_error(exc))
+
+    def _abort(self, error: ChatbatchError) -> None:
+        """Stop the run for an error no row can absorb; :meth:`run` raises it once everything settled."""
+        self.error = self.error or error
+        self.request_stop(str(error))
 
 
 def completion_result(job: Job, validator: Validator | None, completion: Completion, cost: Decimal | None,
@@ -424,6 +487,21 @@ def invalid_message(completion: Completion, exc: ValueError) -> str:
         return (f"{exc} — the reply was cut off at the token limit (finish_reason 'length'): raise "
                 "max_completion_tokens")
     return str(exc)
+
+
+def _output_error(exc: Exception) -> OutputError:
+    if isinstance(exc, OutputError):
+        return exc
+    error = OutputError(f"cannot write the output: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def internal_error_result(exc: BaseException, doing: str, secret: str | None) -> RowResult:
+    """The result of a row whose handling raised an unexpected exception (a bug, to be reported)."""
+    message = redact(f"internal error while {doing}: {type(exc).__name__}: {exc}", secret)
+    return RowResult(status=STATUS_ERROR, error_type="internal_error",
+                     error_message=message[:MAX_INTERNAL_ERROR_CHARS])
 
 
 def _failed(failure: RequestFailed, attempts: int, latency_s: float | None) -> RowResult:

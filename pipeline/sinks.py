@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError, OutputExistsError
+from .errors import InputError, OutputError, OutputExistsError
 from .records import RowResult
 from .structured import stored_values
 
@@ -105,6 +105,14 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise InputError(f"output {path} is a directory")
 
 
+def check_fields(spec, fields: Sequence) -> None:
+    """Raise if one row's structured values do not fit their columns, as :meth:`ParquetSink.write`
+    would: a row's own failure, found before it can stop the whole output."""
+    for value, (_, dtype) in zip(fields, structured_columns(spec)):
+        if value is not None:
+            pa.array([value], type=dtype)
+
+
 def result_arrays(results: Sequence[RowResult], choices: int, spec=None) -> list[pa.Array]:
     """One array per result column, in :func:`result_fields` order."""
     arrays = _base_arrays(results, choices)
@@ -167,13 +175,19 @@ class ParquetSink:
         self._buffered = 0
 
     def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
-        """Append rows; they reach the file in row groups of about :data:`ROW_GROUP_ROWS`."""
-        arrays = list(batch.columns) + result_arrays(results, self.choices, self.spec)
-        self._buffer.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-        self._buffered += batch.num_rows
-        self.rows_written += batch.num_rows
-        if self._buffered >= ROW_GROUP_ROWS:
-            self._flush()
+        """Append rows; they reach the file in row groups of about :data:`ROW_GROUP_ROWS`.
+
+        Raises :class:`OutputError` when they cannot be written (disk full, a value Arrow refuses).
+        """
+        try:
+            arrays = list(batch.columns) + result_arrays(results, self.choices, self.spec)
+            self._buffer.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self._buffered += batch.num_rows
+            self.rows_written += batch.num_rows
+            if self._buffered >= ROW_GROUP_ROWS:
+                self._flush()
+        except (OSError, pa.ArrowException) as exc:
+            raise OutputError(f"cannot write the output {self.tmp_path}: {exc}") from exc
 
     def _flush(self) -> None:
         if self._buffer:
@@ -182,14 +196,20 @@ class ParquetSink:
         self._buffer, self._buffered = [], 0
 
     def commit(self, metadata: Mapping[bytes, bytes]) -> None:
-        self._flush()
-        self._writer.add_key_value_metadata({**(self.schema.metadata or {}), **metadata})
-        self._writer.close()
-        os.replace(self.tmp_path, self.path)
+        try:
+            self._flush()
+            self._writer.add_key_value_metadata({**(self.schema.metadata or {}), **metadata})
+            self._writer.close()
+            os.replace(self.tmp_path, self.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise OutputError(f"cannot write the output {self.path}: {exc}") from exc
 
     def discard(self) -> None:
+        """Remove the temporary file; a writer that already failed (disk full) cannot hide the reason."""
         try:
             self._writer.close()
+        except (OSError, pa.ArrowException):
+            pass  # the file is removed anyway; the error that led here is the one to report
         finally:
             self.tmp_path.unlink(missing_ok=True)
 

@@ -59,7 +59,8 @@ class Source:
         if self.format == "parquet":
             yield from pq.ParquetFile(self.path).iter_batches(batch_size=65536)
         elif self.format == "csv":
-            yield from _open_csv(self.path, self._csv_types)
+            if self.schema.names:  # an empty file has no header and no rows
+                yield from _open_csv(self.path, self._csv_types)
         else:
             yield from _open_jsonl(self.path)
 
@@ -122,6 +123,9 @@ def _open_csv(path: Path, types: dict[str, pa.DataType] | None) -> pacsv.CSVStre
 
 
 def _scan_csv(path: Path) -> Source:
+    with pa.input_stream(path, compression="detect") as stream:
+        if not stream.read(1):  # an empty file: no header, no rows (like a header-only file)
+            return Source(path, "csv", pa.schema([]), 0, {})
     names = _open_csv(path, None).schema.names
     as_text = {name: pa.string() for name in names}
     candidates = {name: list(_CANDIDATES) for name in names}
