@@ -106,6 +106,11 @@ def _labels(ctx, param, values) -> list[str] | None:
     return labels or None
 
 
+def _split_commas(ctx, param, values) -> list[str] | None:
+    items = [item.strip() for value in values or () for item in value.split(",") if item.strip()]
+    return items or None
+
+
 def _schema(ctx, param, value) -> dict | str | None:
     if value is None or not value.lstrip().startswith("{"):
         return value  # a path (or nothing)
@@ -119,6 +124,9 @@ RUN_OPTIONS: list[tuple[str, dict]] = [
     ("--template", dict(help="User prompt template; {column} inserts a column's value.")),
     ("--system", dict(help="System prompt (may also use {column} placeholders).")),
     ("--messages-column", dict(help="Column holding a whole messages list (JSON) instead of a template.")),
+    ("--encoding", dict(help="Text encoding of a CSV/JSONL input, e.g. latin-1 [utf-8].")),
+    ("--null-values", dict(multiple=True, callback=_split_commas,
+                           help="CSV cell texts read as null besides empty cells, e.g. NA,null,N/A (comma-separated or repeated).")),
     ("--model", dict(help="Model name, e.g. gpt-4o-mini.")),
     ("--base-url", dict(help="API base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1).")),
     ("--api-key", dict(help="API key (prefer $OPENAI_API_KEY: flags show in process lists).")),

@@ -24,6 +24,7 @@ reads the environment: the CLI passes the variables it read in.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import ipaddress
 import tomllib
@@ -52,6 +53,7 @@ SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
     # what to read, render and write
     "input": _STR, "output": _STR, "template": _STR, "system": _STR, "messages_column": _STR,
     "required_columns": _LIST, "column_prefix": _STR, "overwrite": _BOOL,
+    "encoding": _STR, "null_values": _STR_OR_LIST,
     "state_dir": _STR, "cache": _BOOL, "cache_dir": _STR, "dedupe": _BOOL,
     # structured output
     "labels": _LIST, "output_schema": ((dict, str), "a table (a JSON schema), JSON text or a path to one"),
@@ -139,6 +141,8 @@ class Job:
     params: Mapping[str, Any]
     endpoint: Endpoint
     required_columns: tuple[str, ...] = ()
+    encoding: str = "utf-8"
+    null_values: tuple[str, ...] = ()
     limits: Limits = Limits()
     retry: RetrySettings = RetrySettings()
     overwrite: bool = False
@@ -240,6 +244,14 @@ def _check_keys(values: Mapping[str, Any], origin: Mapping[str, str]) -> None:
             raise JobError(f"{origin['stop']}: key 'stop' must be a string or 1 to 4 strings")
     if not all(isinstance(c, str) for c in values.get("required_columns", [])):
         raise JobError(f"{origin['required_columns']}: key 'required_columns' must be a list of column names")
+    if isinstance(values.get("null_values"), list) and not all(isinstance(v, str) for v in values["null_values"]):
+        raise JobError(f"{origin['null_values']}: key 'null_values' must be a string or a list of strings")
+    if "encoding" in values:
+        try:
+            codecs.lookup(values["encoding"])
+        except LookupError:
+            raise JobError(f"{origin['encoding']}: key 'encoding' names no known encoding: "
+                           f"{values['encoding']!r} (e.g. utf-8, latin-1, cp1252)") from None
     if "top_logprobs" in values and not values.get("logprobs"):
         raise JobError(f"{origin['top_logprobs']}: 'top_logprobs' needs 'logprobs = true'")
     extra = values.get("extra_body", {})
@@ -298,6 +310,8 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         messages_column=values.get("messages_column"),
         params=params,
         required_columns=tuple(values.get("required_columns", ())),
+        encoding=codecs.lookup(values.get("encoding", "utf-8")).name,
+        null_values=_strings(values.get("null_values", ())),
         endpoint=_endpoint(values, env, source, has_key_flag),
         limits=Limits(
             concurrency=values.get("concurrency", Limits.concurrency),
@@ -329,6 +343,10 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         price_overrides=values.get("prices", {}),
         source=source,
     )
+
+
+def _strings(value: str | list[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, has_key_flag: bool) -> Endpoint:

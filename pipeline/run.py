@@ -104,6 +104,8 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
         # json_schema mode sends the schema in the parameters; the other modes in a system message
         **({"structured output": digest({"schema": dict(job.output.schema), "mode": job.output.mode})}
            if job.output is not None and job.output.mode != "json_schema" else {}),
+        **({"input reading": digest([job.encoding, list(job.null_values)])}
+           if (job.encoding, job.null_values) != ("utf-8", ()) else {}),
     }
 
 
@@ -115,7 +117,9 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
     does): for ``purpose`` BEGIN a run begins (``run``, ``batch submit``), for CONTINUE the state is
     used as the job left it (``batch collect``) — see :mod:`pipeline.state`.
     """
-    source = open_source(job.input_path)
+    source = open_source(job.input_path, encoding=job.encoding, null_values=job.null_values).with_text_columns(
+        [*Template(job.template or "").columns, *Template(job.system or "").columns,
+         *([job.messages_column] if job.messages_column else []), *job.required_columns])
     if source.columns:  # an empty file has no columns to check (and no rows to send)
         _check_columns(job, source)
     output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)

@@ -1,19 +1,28 @@
 """Reading the input table — CSV, Parquet or JSONL, chosen by extension — in record batches.
 
-Nothing is ever loaded whole. :func:`open_source` makes one streaming pass over CSV and JSONL files
-before any request is sent: it counts the rows (for progress and ETA), surfaces unreadable lines
-early, and for CSV infers each column's type over the *whole* file (int64, float64, bool, else
-string), so a column that looks numeric in the first block and has text later cannot fail mid-run.
-Parquet needs no pass: its footer has the schema and row count.
+Nothing is ever loaded whole, and batches are bounded in bytes as well as rows (a table of 100 KB
+documents is read a few MB at a time). :func:`open_source` makes one streaming pass over CSV and JSONL
+files before any request is sent: it counts the rows (for progress and ETA) and surfaces unreadable
+lines early. Parquet needs no pass: its footer has the schema and row count.
+
+CSV cells come back as the same text. A column is typed only where that loses nothing, judged over
+the *whole* file: ``int64`` when every non-empty cell is an integer written the way it prints (no
+leading zero or plus sign, within 64 bits: ``00501``, ``+4915112345678`` and 23-digit order numbers
+stay text), ``float64`` when every cell is the shortest text of its float (``2.5``, ``-0.125``, ``1e-05``;
+not ``2.50``), else text (``true``/``false`` included). Only empty cells are null, unless
+``null_values`` names more markers (``NA``, ``null``, …). ``encoding`` decodes CSV and JSONL (UTF-8 by
+default); a byte that does not decode is an error naming its line.
 
 Supported: ``.csv``, ``.tsv``, ``.parquet``/``.pq``, ``.jsonl``/``.ndjson``; CSV and JSONL may be
-compressed (``.gz``, ``.bz2``, ``.zst``).
+compressed (``.gz``, ``.bz2``, ``.zst``). An empty JSONL file is an empty table, like a header-only CSV.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -26,43 +35,75 @@ import pyarrow.parquet as pq
 from .errors import InputError
 
 BLOCK_BYTES = 1 << 20
+BATCH_BYTES = 8 << 20  # most bytes of input a batch holds (at least one row)
+PARQUET_BATCH_ROWS = 65536
 _COMPRESSED = (".gz", ".bz2", ".zst")
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_CANDIDATES = (pa.int64(), pa.float64(), pa.bool_())
+_INTEGER = r"^(0|-?[1-9][0-9]{0,18})$"  # the text str(int) gives; int64 has at most 19 digits
+_FLOAT = r"^-?[0-9]+(\.[0-9]+)?(e[-+][0-9]+)?$"  # may be repr(float); checked exactly in _lossless
+_UTF8 = "utf8"  # pyarrow's name: any other encoding is transcoded
 
 
 @dataclass(frozen=True)
 class Source:
-    """An opened input: its path, format, schema and row count."""
+    """An opened input: its path, format, schema and row count, and how its text is read."""
 
     path: Path
     format: str
     schema: pa.Schema
     num_rows: int
     _csv_types: dict[str, pa.DataType] | None = None
+    _json_schema: pa.Schema | None = None
+    encoding: str = _UTF8
+    null_values: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
         return list(self.schema.names)
 
-    def batches(self, max_rows: int) -> Iterator[pa.RecordBatch]:
-        """Yield record batches of at most ``max_rows`` rows, in input order."""
-        try:
-            for batch in self._raw_batches():
-                for offset in range(0, batch.num_rows, max_rows):
-                    yield batch.slice(offset, max_rows)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(f"{self.path}: cannot read input: {exc}") from exc
+    def with_text_columns(self, names) -> "Source":
+        """An input with no rows and no columns (an empty JSONL file) given these text columns, as a
+        header-only CSV would have: the job's columns exist, with nothing in them."""
+        if self.num_rows or self.columns:
+            return self
+        return replace(self, schema=pa.schema([pa.field(n, pa.string()) for n in dict.fromkeys(names)]))
 
-    def _raw_batches(self) -> Iterator[pa.RecordBatch]:
+    def batches(self, max_rows: int, max_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+        """Yield record batches of at most ``max_rows`` rows and about ``max_bytes``, in input order."""
+        try:
+            for batch in self._raw_batches(max_bytes):
+                step = _rows_within(batch, max_rows, max_bytes)
+                for offset in range(0, batch.num_rows, step):
+                    yield batch.slice(offset, step)
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+            raise _read_error(self.path, self.encoding, exc) from exc
+
+    def _raw_batches(self, max_bytes: int) -> Iterator[pa.RecordBatch]:
+        if self.num_rows == 0:  # nothing to read (and an empty JSONL file has nothing Arrow can open)
+            return
         if self.format == "parquet":
-            yield from pq.ParquetFile(self.path).iter_batches(batch_size=65536)
+            parquet = pq.ParquetFile(self.path, buffer_size=BLOCK_BYTES)
+            yield from parquet.iter_batches(batch_size=_parquet_batch_rows(parquet, max_bytes))
         elif self.format == "csv":
-            if self.schema.names:  # an empty file has no header and no rows
-                yield from _open_csv(self.path, self._csv_types)
+            yield from _open_csv(self.path, self._csv_types, self.encoding, self.null_values)
         else:
-            yield from _open_jsonl(self.path)
+            yield from _open_jsonl(self.path, self.encoding, self._json_schema)
+
+
+def _rows_within(batch: pa.RecordBatch, max_rows: int, max_bytes: int) -> int:
+    """Rows per slice so that a slice holds at most ``max_rows`` rows and about ``max_bytes``."""
+    if not batch.num_rows:
+        return max(max_rows, 1)
+    row_bytes = batch.nbytes / batch.num_rows
+    return max(1, min(max_rows, int(max_bytes // row_bytes) if row_bytes else max_rows))
+
+
+def _parquet_batch_rows(parquet: pq.ParquetFile, max_bytes: int) -> int:
+    """Rows per Parquet read so that a batch is about ``max_bytes`` uncompressed."""
+    meta = parquet.metadata
+    row_bytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) / max(meta.num_rows, 1)
+    return max(1, min(PARQUET_BATCH_ROWS, int(max_bytes // row_bytes) if row_bytes else PARQUET_BATCH_ROWS))
 
 
 def file_digest(path: Path) -> str:
@@ -88,78 +129,159 @@ def input_format(path: Path) -> str:
     return fmt
 
 
-def open_source(path: Path) -> Source:
-    """Open and check the input; raise :class:`InputError` saying what and where on any problem."""
+def open_source(path: Path, *, encoding: str = "utf-8", null_values: tuple[str, ...] = ()) -> Source:
+    """Open and check the input; raise :class:`InputError` saying what and where on any problem.
+
+    ``encoding`` is the text encoding of a CSV or JSONL file; ``null_values`` are the CSV cell texts
+    read as null besides the empty cell.
+    """
     fmt = input_format(path)
     if not path.is_file():
         raise InputError(f"input file not found: {path}")
+    encoding = _arrow_encoding(encoding)
     try:
         if fmt == "parquet":
             meta = pq.ParquetFile(path)
             source = Source(path, fmt, meta.schema_arrow, meta.metadata.num_rows)
         elif fmt == "csv":
-            source = _scan_csv(path)
+            source = _scan_csv(path, encoding, tuple(null_values))
         else:
-            source = _scan_jsonl(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InputError(f"{path}: cannot read {fmt} input: {exc}") from exc
+            source = _scan_jsonl(path, encoding)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        raise _read_error(path, encoding, exc, f"cannot read {fmt} input") from exc
     duplicated = {n for n in source.schema.names if source.schema.names.count(n) > 1}
     if duplicated:
         raise InputError(f"{path}: duplicate column name(s): {', '.join(sorted(duplicated))}")
     return source
 
 
-def _csv_options(path: Path, types: dict[str, pa.DataType] | None):
+def _arrow_encoding(encoding: str) -> str:
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError as exc:
+        raise InputError(f"unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from exc
+    return _UTF8 if name == "utf-8" else name
+
+
+def _read_error(path: Path, encoding: str, exc: BaseException, what: str = "cannot read input") -> InputError:
+    """The error for an unreadable input: the line of a byte that does not decode, else Arrow's words."""
+    line = _undecodable_line(path, encoding)
+    if line is not None:
+        name = "UTF-8" if encoding == _UTF8 else encoding
+        return InputError(f"{path}: line {line} is not valid {name} text; if the file is in another "
+                          "encoding, name it with --encoding (e.g. --encoding latin-1)")
+    return InputError(f"{path}: {what}: {exc}")
+
+
+def _undecodable_line(path: Path, encoding: str) -> int | None:
+    """The 1-based line holding the first byte that does not decode, or None when all of it does."""
+    decoder = codecs.getincrementaldecoder("utf-8" if encoding == _UTF8 else encoding)()
+    line = 1
+    try:
+        with pa.input_stream(str(path), compression="detect") as stream:
+            while chunk := stream.read(BLOCK_BYTES):
+                try:
+                    line += decoder.decode(chunk).count("\n")
+                except UnicodeDecodeError as exc:
+                    return line + chunk[:exc.start].count(b"\n")
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return line
+    except (pa.ArrowException, OSError):
+        return None
+    return None
+
+
+def _text_stream(path: Path, encoding: str):
+    """The file's bytes as UTF-8, decompressed by extension."""
+    stream = pa.input_stream(str(path), compression="detect")
+    return stream if encoding == _UTF8 else pa.transcoding_input_stream(stream, encoding, _UTF8)
+
+
+def _open_csv(path: Path, types: dict[str, pa.DataType] | None, encoding: str,
+              null_values: tuple[str, ...]) -> pacsv.CSVStreamingReader:
     delimiter = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
-    return dict(
+    return pacsv.open_csv(
+        _text_stream(path, encoding),
         read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types=types or {}, strings_can_be_null=True),
-    )
+        convert_options=pacsv.ConvertOptions(column_types=types or {}, null_values=["", *null_values],
+                                             strings_can_be_null=True))
 
 
-def _open_csv(path: Path, types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
-    return pacsv.open_csv(path, **_csv_options(path, types))
-
-
-def _scan_csv(path: Path) -> Source:
-    with pa.input_stream(path, compression="detect") as stream:
-        if not stream.read(1):  # an empty file: no header, no rows (like a header-only file)
-            return Source(path, "csv", pa.schema([]), 0, {})
-    names = _open_csv(path, None).schema.names
+def _scan_csv(path: Path, encoding: str, null_values: tuple[str, ...]) -> Source:
+    if _blank(path):  # an empty file: no header, no rows (like a header-only file)
+        return Source(path, "csv", pa.schema([]), 0, {}, encoding=encoding, null_values=null_values)
+    names = _open_csv(path, None, encoding, null_values).schema.names
     as_text = {name: pa.string() for name in names}
-    candidates = {name: list(_CANDIDATES) for name in names}
+    candidates = {name: [pa.int64(), pa.float64()] for name in names}
     seen_value = dict.fromkeys(names, False)
     rows = 0
-    for batch in _open_csv(path, as_text):
+    for batch in _open_csv(path, as_text, encoding, null_values):
         rows += batch.num_rows
         for name, column in zip(names, batch.columns):
-            if column.null_count < len(column):
+            if candidates[name] and column.null_count < len(column):
                 seen_value[name] = True
-                candidates[name] = [t for t in candidates[name] if _casts(column, t)]
+                cells = column.drop_null()
+                candidates[name] = [t for t in candidates[name] if _lossless(cells, t)]
     types = {n: (candidates[n][0] if seen_value[n] and candidates[n] else pa.string()) for n in names}
     schema = pa.schema([pa.field(n, types[n]) for n in names])
-    return Source(path, "csv", schema, rows, types)
+    return Source(path, "csv", schema, rows, types, encoding=encoding, null_values=null_values)
 
 
-def _casts(column: pa.Array, target: pa.DataType) -> bool:
-    try:
-        pc.cast(column, target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+def _lossless(cells: pa.Array, target: pa.DataType) -> bool:
+    """True when every cell is exactly the text its value as ``target`` prints as."""
+    pattern = _INTEGER if target == pa.int64() else _FLOAT
+    if not pc.all(pc.match_substring_regex(cells, pattern)).as_py():
         return False
+    if target == pa.float64():
+        return all(repr(float(cell)) == cell for cell in cells.to_pylist())
+    try:
+        pc.cast(cells, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False  # beyond int64
     return True
 
 
-def _open_jsonl(path: Path) -> pajson.JSONStreamingReader:
-    return pajson.open_json(path, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES))
+def _open_jsonl(path: Path, encoding: str, schema: pa.Schema | None = None) -> pajson.JSONStreamingReader:
+    return pajson.open_json(_text_stream(path, encoding), read_options=pajson.ReadOptions(block_size=BLOCK_BYTES),
+                            parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"))
 
 
-def _scan_jsonl(path: Path) -> Source:
-    reader = _open_jsonl(path)
+def _scan_jsonl(path: Path, encoding: str) -> Source:
+    if _blank(path):
+        return Source(path, "jsonl", pa.schema([]), 0, encoding=encoding)
+    # Arrow reads JSON strings that look like times as timestamps: read them as the strings they are
+    inferred = _open_jsonl(path, encoding).schema
+    textual = pa.schema([f.with_type(_timestamps_as_text(f.type)) for f in inferred])
+    explicit = textual if textual != inferred else None
+    reader = _open_jsonl(path, encoding, explicit)
     rows = 0
     try:
         for batch in reader:
+            batch.validate(full=True)  # Arrow's JSON parser lets invalid UTF-8 through; this does not
             rows += batch.num_rows
     except pa.ArrowInvalid as exc:
+        if _undecodable_line(path, encoding) is not None:
+            raise
         raise InputError(f"{path}: unreadable JSON after about row {rows + 1}: {exc}") from exc
-    return Source(path, "jsonl", reader.schema, rows)
+    return Source(path, "jsonl", reader.schema, rows, _json_schema=explicit, encoding=encoding)
+
+
+def _timestamps_as_text(dtype: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(dtype):
+        return pa.string()
+    if pa.types.is_list(dtype):
+        return pa.list_(dtype.value_field.with_type(_timestamps_as_text(dtype.value_type)))
+    if pa.types.is_struct(dtype):
+        return pa.struct([f.with_type(_timestamps_as_text(f.type)) for f in dtype])
+    return dtype
+
+
+def _blank(path: Path) -> bool:
+    """True when the (decompressed) file holds nothing but whitespace."""
+    with pa.input_stream(str(path), compression="detect") as stream:
+        while chunk := stream.read(BLOCK_BYTES):
+            if chunk.strip():
+                return False
+    return True
