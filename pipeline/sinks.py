@@ -1,8 +1,9 @@
 """Writing the output Parquet file safely.
 
-The output is every input column unchanged, in input order, followed by the result columns of
-:data:`RESULT_COLUMNS` (with ``replies``/``finish_reasons`` list columns when ``n > 1``). The schema
-is fixed up front, so integer columns stay integers even when every row failed.
+The output is every input column unchanged (the same Arrow type and values), in input order,
+followed by the result columns of :data:`RESULT_COLUMNS` (with ``replies``/``finish_reasons`` list
+columns when ``n > 1``). The schema is fixed up front, so integer columns stay integers even when
+every row failed.
 
 Rows are written batch by batch to ``<output>.tmp-<pid>`` in the same folder, and renamed into place
 only when the run has written every row: an interrupted run never leaves a half-written file where
@@ -11,6 +12,7 @@ the user expects output, and an existing output is only replaced when overwritin
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
@@ -47,6 +49,8 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 LIST_COLUMNS = (("replies", pa.list_(pa.string())), ("finish_reasons", pa.list_(pa.string())))
 SUMMARY_KEY = b"chatbatch.summary"
 ROW_GROUP_ROWS = 65536  # rows per Parquet row group: few enough groups that the footer stays small
+ROW_GROUP_BYTES = 64 << 20  # ...and at most about this many bytes buffered before a row group is written
+ARROW_SCHEMA_KEY = b"ARROW:schema"
 
 
 def structured_columns(spec) -> list[tuple[str, pa.DataType]]:
@@ -166,25 +170,30 @@ class ParquetSink:
         self.spec = spec
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        # store_schema=False: readers then build the Arrow schema from the Parquet schema and the
-        # file's key-value metadata, so the summary added at commit is visible to pq.read_schema,
-        # pq.read_table and pq.read_metadata alike (a stored ARROW:schema would hide it).
-        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd", store_schema=False)
+        # The Arrow schema is stored so that every input column reads back with its exact type
+        # (time zone, dictionary, large_string, ...). It holds the schema's metadata as of when it
+        # is written, so commit() writes it again with the summary in it: pq.read_schema,
+        # pq.read_table and pq.read_metadata then all show the summary.
+        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd", store_schema=True)
         self.rows_written = 0
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
+        self._buffered_bytes = 0
 
     def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
-        """Append rows; they reach the file in row groups of about :data:`ROW_GROUP_ROWS`.
+        """Append rows; they reach the file in row groups of about :data:`ROW_GROUP_ROWS` rows or
+        :data:`ROW_GROUP_BYTES` bytes, whichever comes first.
 
         Raises :class:`OutputError` when they cannot be written (disk full, a value Arrow refuses).
         """
         try:
             arrays = list(batch.columns) + result_arrays(results, self.choices, self.spec)
-            self._buffer.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            rows = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+            self._buffer.append(rows)
             self._buffered += batch.num_rows
+            self._buffered_bytes += rows.nbytes
             self.rows_written += batch.num_rows
-            if self._buffered >= ROW_GROUP_ROWS:
+            if self._buffered >= ROW_GROUP_ROWS or self._buffered_bytes >= ROW_GROUP_BYTES:
                 self._flush()
         except (OSError, pa.ArrowException) as exc:
             raise OutputError(f"cannot write the output {self.tmp_path}: {exc}") from exc
@@ -193,12 +202,14 @@ class ParquetSink:
         if self._buffer:
             self._writer.write_table(pa.Table.from_batches(self._buffer, schema=self.schema),
                                      row_group_size=max(self._buffered, 1))
-        self._buffer, self._buffered = [], 0
+        self._buffer, self._buffered, self._buffered_bytes = [], 0, 0
 
     def commit(self, metadata: Mapping[bytes, bytes]) -> None:
         try:
             self._flush()
-            self._writer.add_key_value_metadata({**(self.schema.metadata or {}), **metadata})
+            final = self.schema.with_metadata({**(self.schema.metadata or {}), **metadata})
+            self._writer.add_key_value_metadata(
+                {**final.metadata, ARROW_SCHEMA_KEY: base64.b64encode(final.serialize().to_pybytes())})
             self._writer.close()
             os.replace(self.tmp_path, self.path)
         except (OSError, pa.ArrowException) as exc:
