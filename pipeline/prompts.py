@@ -14,7 +14,8 @@ brace is literal, so a JSON example in a prompt needs no escaping::
 prompt is blank, or whose referenced values are all null or blank, is not sent (status ``skipped``).
 
 Instead of a template, a job may name a column holding a whole messages list (a JSON string, or a
-list of ``{role, content}`` structs in Parquet/JSONL).
+list of ``{role, content}`` structs in Parquet/JSONL); a ``system`` prompt, placeholders rendered
+from the row, is put before it.
 """
 
 from __future__ import annotations
@@ -144,7 +145,6 @@ class RowRenderer:
         self._counter = counter
         self._template = Template(template) if template else None
         self._system = Template(system) if system else None
-        self._system_text = system
         self._messages_column = messages_column
         self._required = tuple(required_columns)
         # JSON mode with messages from a column: a row whose messages never say "json" is not sent
@@ -192,8 +192,10 @@ class RowRenderer:
         return out
 
     def _from_column(self, batch) -> list:
+        system = self._system
+        system_columns = [batch.column(n).to_pylist() for n in system.columns] if system else []
         out: list = []
-        for cell in batch.column(self._messages_column).to_pylist():
+        for i, cell in enumerate(batch.column(self._messages_column).to_pylist()):
             try:
                 messages = parse_messages(cell)
             except ValueError as exc:
@@ -202,8 +204,10 @@ class RowRenderer:
             if messages is None:
                 out.append(skipped_result("empty messages: nothing to send"))
                 continue
-            if self._system_text:
-                messages.insert(0, {"role": "system", "content": self._system_text})
+            if system is not None:
+                system_text = system.render_values([c[i] for c in system_columns])
+                if system_text.strip():
+                    messages.insert(0, {"role": "system", "content": system_text})
             if self._json_word and not mentions_json(*(m.get("content") for m in messages)):
                 out.append(RowResult(status=STATUS_ERROR, error_type="invalid_messages", error_message=(
                     "response_format json_object needs the word 'json' in the messages (the API refuses "
