@@ -60,7 +60,7 @@ def estimate(job: Job, source: Source, prices: PriceTable, counter: TokenCounter
     counts = _count(job, source, counter, limits.context_window if limits else None, max_output)
     choices = job.choices_per_request
     completion_max = max_output * choices * counts.requests if max_output is not None else None
-    likely_per_request = _likely_completion_tokens(job.output_path)
+    likely_per_request = _likely_completion_tokens(job.output_path, job.column_prefix)
     completion_likely = round(likely_per_request * counts.requests) if likely_per_request is not None else None
     price_name = prices.resolve(job.model)
     price = prices.models.get(price_name) if price_name else None
@@ -130,20 +130,24 @@ def _count(job: Job, source: Source, counter: TokenCounter, context: int | None,
     return counts
 
 
-def _likely_completion_tokens(output: Path) -> float | None:
-    """Mean completion tokens per ok, uncached row of an earlier run's output, if there is one."""
+def _likely_completion_tokens(output: Path, prefix: str = "") -> float | None:
+    """Mean completion tokens per ok, uncached row of an earlier run's output, if there is one.
+
+    The output's columns are read through the job's ``column_prefix`` (``llm_status``, ...).
+    """
+    status, tokens, cached = prefix + "status", prefix + "completion_tokens", prefix + "cached"
     try:
         names = pq.read_schema(output).names
-        table = pq.read_table(output, columns=[c for c in ("status", "completion_tokens", "cached") if c in names])
+        table = pq.read_table(output, columns=[c for c in (status, tokens, cached) if c in names])
     except (OSError, ValueError, KeyError):
         return None
-    if "status" not in names or "completion_tokens" not in names:
+    if status not in names or tokens not in names:
         return None
-    fresh_ok = pc.equal(table["status"], "ok")
-    if "cached" in names:
-        fresh_ok = pc.and_(fresh_ok, pc.invert(pc.fill_null(table["cached"], False)))
-    tokens = pc.filter(table["completion_tokens"], fresh_ok)
-    return pc.mean(tokens).as_py() if len(tokens) else None
+    fresh_ok = pc.equal(table[status], "ok")
+    if cached in names:
+        fresh_ok = pc.and_(fresh_ok, pc.invert(pc.fill_null(table[cached], False)))
+    counts = pc.filter(table[tokens], fresh_ok)
+    return pc.mean(counts).as_py() if len(counts) else None
 
 
 def _duration_s(job: Job, counts: Counts, completion_max: int | None) -> float | None:
