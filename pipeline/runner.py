@@ -66,7 +66,8 @@ from .summary import Tally
 from .tokens import TokenCounter
 
 CHUNK_ROWS = 1024
-WINDOW_ROWS = 32768
+CHUNK_BYTES = 4 << 20  # a chunk also holds at most about this much input (100 KB rows: 40 a chunk)
+WINDOW_ROWS = 32768  # the writer's window holds WINDOW_ROWS // CHUNK_ROWS chunks: at most 128 MB
 DEFAULT_PAUSE_S = 1.0  # run-wide pause after a 429 that named no wait
 MAX_INTERNAL_ERROR_CHARS = 500
 
@@ -192,7 +193,7 @@ class Runner:
             raise self.error
 
     async def _produce(self, work: asyncio.Queue, window: asyncio.Queue) -> None:
-        batches = self.source.batches(CHUNK_ROWS)
+        batches = self.source.batches(CHUNK_ROWS, CHUNK_BYTES)
         start = 0
         while (batch := await asyncio.to_thread(next, batches, None)) is not None:
             pending = PendingBatch(start, batch, [None] * batch.num_rows, batch.num_rows)

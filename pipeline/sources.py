@@ -83,7 +83,7 @@ class Source:
         if self.num_rows == 0:  # nothing to read (and an empty JSONL file has nothing Arrow can open)
             return
         if self.format == "parquet":
-            parquet = pq.ParquetFile(self.path, buffer_size=BLOCK_BYTES)
+            parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=BLOCK_BYTES)  # pages, not row groups
             yield from parquet.iter_batches(batch_size=_parquet_batch_rows(parquet, max_bytes))
         elif self.format == "csv":
             yield from _open_csv(self.path, self._csv_types, self.encoding, self.null_values)
