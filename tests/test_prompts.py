@@ -66,3 +66,17 @@ def test_body_encoder_keeps_params_and_utf8():
     assert json.loads(body) == {"messages": [{"role": "user", "content": "Größe {M} ✓"}],
                                 "model": "gpt-4o-mini", "temperature": 0, "stop": ["\n"]}
     assert "Größe".encode() in body
+
+
+def test_messages_column_system_prompt_renders_placeholders():
+    import pyarrow as pa
+
+    from pipeline.prompts import RowRenderer
+
+    renderer = RowRenderer(model="m", params={}, template=None, system="Reply in {lang} {{as is}}",
+                           messages_column="messages", required_columns=())
+    batch = pa.record_batch({"lang": ["German", None],
+                             "messages": ['[{"role": "user", "content": "Hi"}]'] * 2})
+    bodies = [json.loads(body) for body, _ in renderer.render_batch(batch)]
+    assert [b["messages"][0] for b in bodies] == [{"role": "system", "content": "Reply in German {as is}"},
+                                                  {"role": "system", "content": "Reply in  {as is}"}]

@@ -102,3 +102,91 @@ def test_result_arrays_carry_every_field():
     assert values == ["a", "stop", None, "ok", None, None, 200, "m", "id1", "fp", 10, 2, 12, 4, 1, None,
                       0.5, 1, False, ["a", "b"], ["stop", "length"]]
     assert json.dumps(values)  # plain values, nothing exotic
+
+
+@pytest.mark.parametrize("cells, expected", [
+    (["0", "-7", "9223372036854775807", "-9223372036854775808"], pa.int64()),
+    (["1", "00501"], pa.string()),  # a leading zero would be lost
+    (["1", "+2"], pa.string()),  # so would a plus sign
+    (["1", "9223372036854775808"], pa.string()),  # beyond int64
+    (["1", "-0"], pa.string()),
+    (["2.5", "-0.125", "3.0", "1e-05", "1e+16"], pa.float64()),  # each is repr() of its float
+    (["2.5", "2.50"], pa.string()),
+    (["2.5", "1"], pa.string()),  # 1 would print as 1.0
+    (["0.1", "0.30000000000000004", "nan"], pa.string()),
+    (["true", "false"], pa.string()),
+])
+def test_csv_columns_are_typed_only_when_every_cell_prints_back_the_same(tmp_path, cells, expected):
+    path = tmp_path / "in.csv"
+    path.write_text("x\n" + "\n".join(cells) + "\n\n")
+    source = open_source(path)
+    assert source.schema.field("x").type == expected
+    values = pa.Table.from_batches(list(source.batches(100))).column("x").to_pylist()
+    assert ["" if v is None else str(v) for v in values] == cells
+
+
+def test_csv_null_values_and_encoding(tmp_path):
+    path = tmp_path / "in.csv"
+    path.write_bytes("text,n\nNA,1\nnull,NA\nCrème,\n".encode("cp1252"))
+    with pytest.raises(InputError, match=r"line 4 is not valid UTF-8.*--encoding"):
+        open_source(path)
+    source = open_source(path, encoding="cp1252")
+    assert pa.Table.from_batches(list(source.batches(10))).to_pylist() == [
+        {"text": "NA", "n": "1"}, {"text": "null", "n": "NA"}, {"text": "Crème", "n": None}]
+    source = open_source(path, encoding="cp1252", null_values=("NA", "null"))
+    assert source.schema.field("n").type == pa.int64()
+    assert pa.Table.from_batches(list(source.batches(10))).to_pylist() == [
+        {"text": None, "n": 1}, {"text": None, "n": None}, {"text": "Crème", "n": None}]
+    with pytest.raises(InputError, match="unknown encoding"):
+        open_source(path, encoding="nope")
+
+
+def test_an_empty_jsonl_is_an_empty_table(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n")
+    source = open_source(path)
+    assert (source.num_rows, source.columns, list(source.batches(10))) == (0, [], [])
+    assert source.with_text_columns(["text", "text", "id"]).schema == pa.schema([("text", pa.string()),
+                                                                                 ("id", pa.string())])
+
+
+@pytest.mark.parametrize("name", ["in.parquet", "in.csv", "in.jsonl"])
+def test_batches_are_bounded_in_bytes_as_well_as_rows(tmp_path, name):
+    docs = [f"{i:04d} " + "x" * 10_000 for i in range(300)]  # 3 MB in all
+    path = tmp_path / name
+    table = pa.table({"id": list(range(300)), "doc": docs})
+    if name.endswith(".parquet"):
+        pq.write_table(table, path)  # one row group
+    else:
+        path.write_text("id,doc\n" + "".join(f"{i},{d}\n" for i, d in enumerate(docs)) if name.endswith(".csv")
+                        else "".join(json.dumps({"id": i, "doc": d}) + "\n" for i, d in enumerate(docs)))
+    batches = list(open_source(path).batches(1024, 50_000))
+    assert max(b.num_rows for b in batches) <= 5 and max(b.nbytes for b in batches) <= 60_000
+    assert pa.Table.from_batches(batches).column("doc").to_pylist() == docs
+
+
+def test_sink_row_groups_are_bounded_in_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.sinks.ROW_GROUP_BYTES", 100_000)
+    schema = pa.schema([("doc", pa.string())])
+    sink = ParquetSink(tmp_path / "out.parquet", output_schema(schema, "", 1), 1)
+    for i in range(10):
+        sink.write(pa.record_batch([pa.array([f"{i}" + "y" * 30_000] * 2)], schema=schema),
+                   [RowResult(status="skipped")] * 2)
+    sink.commit({b"chatbatch.summary": b"{}"})
+    meta = pq.read_metadata(tmp_path / "out.parquet")
+    assert meta.num_rows == 20 and meta.num_row_groups >= 5  # a row group per ~100 KB, not one for all
+
+
+def test_output_keeps_exact_arrow_types_and_shows_the_summary(tmp_path):
+    schema = pa.schema([("when", pa.timestamp("us", tz="Europe/Berlin")), ("cat", pa.dictionary(pa.int8(), pa.string())),
+                        ("big", pa.large_string()), ("tiny", pa.int8())], metadata={b"origin": b"test"})
+    batch = pa.record_batch([pa.array([0], schema.field("when").type), pa.array(["a"]).dictionary_encode().cast(schema.field("cat").type),
+                             pa.array(["z"], pa.large_string()), pa.array([-1], pa.int8())], schema=schema)
+    sink = ParquetSink(tmp_path / "out.parquet", output_schema(schema, "", 1), 1)
+    sink.write(batch, [RowResult(status="skipped")])
+    sink.commit({b"chatbatch.summary": b'{"rows": 1}'})
+    for read in (pq.read_schema, lambda p: pq.read_table(p).schema):
+        written = read(tmp_path / "out.parquet")
+        assert [written.field(n).type for n in schema.names] == list(schema.types)
+        assert written.metadata[b"chatbatch.summary"] == b'{"rows": 1}' and written.metadata[b"origin"] == b"test"
+    assert pq.read_table(tmp_path / "out.parquet").select(schema.names).to_batches()[0].equals(batch)
