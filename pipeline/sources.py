@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 
-BLOCK_BYTES = 1 << 20
+BLOCK_BYTES = 1 << 20  # CSV/JSONL read size; a longer row gets blocks 8x larger, up to:
+MAX_BLOCK_BYTES = 64 << 20
 BATCH_BYTES = 8 << 20  # most bytes of input a batch holds (at least one row)
 PARQUET_BATCH_ROWS = 65536
 _COMPRESSED = (".gz", ".bz2", ".zst")
@@ -57,6 +58,7 @@ class Source:
     _json_schema: pa.Schema | None = None
     encoding: str = _UTF8
     null_values: tuple[str, ...] = ()
+    block_bytes: int = BLOCK_BYTES
 
     @property
     def columns(self) -> list[str]:
@@ -86,9 +88,9 @@ class Source:
             parquet = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=BLOCK_BYTES)  # pages, not row groups
             yield from parquet.iter_batches(batch_size=_parquet_batch_rows(parquet, max_bytes))
         elif self.format == "csv":
-            yield from _open_csv(self.path, self._csv_types, self.encoding, self.null_values)
+            yield from _open_csv(self.path, self._csv_types, self.encoding, self.null_values, self.block_bytes)
         else:
-            yield from _open_jsonl(self.path, self.encoding, self._json_schema)
+            yield from _open_jsonl(self.path, self.encoding, self.block_bytes, self._json_schema)
 
 
 def _rows_within(batch: pa.RecordBatch, max_rows: int, max_bytes: int) -> int:
@@ -143,10 +145,8 @@ def open_source(path: Path, *, encoding: str = "utf-8", null_values: tuple[str, 
         if fmt == "parquet":
             meta = pq.ParquetFile(path)
             source = Source(path, fmt, meta.schema_arrow, meta.metadata.num_rows)
-        elif fmt == "csv":
-            source = _scan_csv(path, encoding, tuple(null_values))
         else:
-            source = _scan_jsonl(path, encoding)
+            source = _scan_text(path, fmt, encoding, tuple(null_values))
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise _read_error(path, encoding, exc, f"cannot read {fmt} input") from exc
     duplicated = {n for n in source.schema.names if source.schema.names.count(n) > 1}
@@ -198,26 +198,41 @@ def _text_stream(path: Path, encoding: str):
     return stream if encoding == _UTF8 else pa.transcoding_input_stream(stream, encoding, _UTF8)
 
 
+def _scan_text(path: Path, fmt: str, encoding: str, null_values: tuple[str, ...]) -> Source:
+    """Scan a CSV or JSONL file; when a row is longer than a block (a document of megabytes), Arrow
+    cannot read it, so the file is scanned again with blocks 8 times larger, up to MAX_BLOCK_BYTES."""
+    block = BLOCK_BYTES
+    while True:
+        try:
+            if fmt == "csv":
+                return _scan_csv(path, encoding, null_values, block)
+            return _scan_jsonl(path, encoding, block)
+        except pa.ArrowInvalid:
+            if block >= MAX_BLOCK_BYTES or _undecodable_line(path, encoding) is not None:
+                raise
+            block *= 8
+
+
 def _open_csv(path: Path, types: dict[str, pa.DataType] | None, encoding: str,
-              null_values: tuple[str, ...]) -> pacsv.CSVStreamingReader:
+              null_values: tuple[str, ...], block_bytes: int) -> pacsv.CSVStreamingReader:
     delimiter = "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
     return pacsv.open_csv(
         _text_stream(path, encoding),
-        read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+        read_options=pacsv.ReadOptions(block_size=block_bytes),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types=types or {}, null_values=["", *null_values],
                                              strings_can_be_null=True))
 
 
-def _scan_csv(path: Path, encoding: str, null_values: tuple[str, ...]) -> Source:
+def _scan_csv(path: Path, encoding: str, null_values: tuple[str, ...], block_bytes: int) -> Source:
     if _blank(path):  # an empty file: no header, no rows (like a header-only file)
         return Source(path, "csv", pa.schema([]), 0, {}, encoding=encoding, null_values=null_values)
-    names = _open_csv(path, None, encoding, null_values).schema.names
+    names = _open_csv(path, None, encoding, null_values, block_bytes).schema.names
     as_text = {name: pa.string() for name in names}
     candidates = {name: [pa.int64(), pa.float64()] for name in names}
     seen_value = dict.fromkeys(names, False)
     rows = 0
-    for batch in _open_csv(path, as_text, encoding, null_values):
+    for batch in _open_csv(path, as_text, encoding, null_values, block_bytes):
         rows += batch.num_rows
         for name, column in zip(names, batch.columns):
             if candidates[name] and column.null_count < len(column):
@@ -226,7 +241,7 @@ def _scan_csv(path: Path, encoding: str, null_values: tuple[str, ...]) -> Source
                 candidates[name] = [t for t in candidates[name] if _lossless(cells, t)]
     types = {n: (candidates[n][0] if seen_value[n] and candidates[n] else pa.string()) for n in names}
     schema = pa.schema([pa.field(n, types[n]) for n in names])
-    return Source(path, "csv", schema, rows, types, encoding=encoding, null_values=null_values)
+    return Source(path, "csv", schema, rows, types, encoding=encoding, null_values=null_values, block_bytes=block_bytes)
 
 
 def _lossless(cells: pa.Array, target: pa.DataType) -> bool:
@@ -243,29 +258,26 @@ def _lossless(cells: pa.Array, target: pa.DataType) -> bool:
     return True
 
 
-def _open_jsonl(path: Path, encoding: str, schema: pa.Schema | None = None) -> pajson.JSONStreamingReader:
-    return pajson.open_json(_text_stream(path, encoding), read_options=pajson.ReadOptions(block_size=BLOCK_BYTES),
+def _open_jsonl(path: Path, encoding: str, block_bytes: int,
+                schema: pa.Schema | None = None) -> pajson.JSONStreamingReader:
+    return pajson.open_json(_text_stream(path, encoding), read_options=pajson.ReadOptions(block_size=block_bytes),
                             parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"))
 
 
-def _scan_jsonl(path: Path, encoding: str) -> Source:
+def _scan_jsonl(path: Path, encoding: str, block_bytes: int) -> Source:
     if _blank(path):
         return Source(path, "jsonl", pa.schema([]), 0, encoding=encoding)
     # Arrow reads JSON strings that look like times as timestamps: read them as the strings they are
-    inferred = _open_jsonl(path, encoding).schema
+    inferred = _open_jsonl(path, encoding, block_bytes).schema
     textual = pa.schema([f.with_type(_timestamps_as_text(f.type)) for f in inferred])
     explicit = textual if textual != inferred else None
-    reader = _open_jsonl(path, encoding, explicit)
+    reader = _open_jsonl(path, encoding, block_bytes, explicit)
     rows = 0
-    try:
-        for batch in reader:
-            batch.validate(full=True)  # Arrow's JSON parser lets invalid UTF-8 through; this does not
-            rows += batch.num_rows
-    except pa.ArrowInvalid as exc:
-        if _undecodable_line(path, encoding) is not None:
-            raise
-        raise InputError(f"{path}: unreadable JSON after about row {rows + 1}: {exc}") from exc
-    return Source(path, "jsonl", reader.schema, rows, _json_schema=explicit, encoding=encoding)
+    for batch in reader:
+        batch.validate(full=True)  # Arrow's JSON parser lets invalid UTF-8 through; this does not
+        rows += batch.num_rows
+    return Source(path, "jsonl", reader.schema, rows, _json_schema=explicit, encoding=encoding,
+                  block_bytes=block_bytes)
 
 
 def _timestamps_as_text(dtype: pa.DataType) -> pa.DataType:

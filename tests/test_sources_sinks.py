@@ -190,3 +190,14 @@ def test_output_keeps_exact_arrow_types_and_shows_the_summary(tmp_path):
         assert [written.field(n).type for n in schema.names] == list(schema.types)
         assert written.metadata[b"chatbatch.summary"] == b'{"rows": 1}' and written.metadata[b"origin"] == b"test"
     assert pq.read_table(tmp_path / "out.parquet").select(schema.names).to_batches()[0].equals(batch)
+
+
+@pytest.mark.parametrize("name", ["in.csv", "in.jsonl"])
+def test_a_row_longer_than_a_read_block_is_read(tmp_path, name, monkeypatch):
+    monkeypatch.setattr("pipeline.sources.BLOCK_BYTES", 1000)  # a 20 KB document spans blocks
+    docs = ["short", "x" * 20_000, "end"]
+    path = tmp_path / name
+    path.write_text("doc\n" + "\n".join(docs) + "\n" if name.endswith(".csv")
+                    else "".join(json.dumps({"doc": d}) + "\n" for d in docs))
+    source = open_source(path)
+    assert pa.Table.from_batches(list(source.batches(10))).column("doc").to_pylist() == docs
