@@ -8,8 +8,9 @@ lines early. Parquet needs no pass: its footer has the schema and row count.
 CSV cells come back as the same text. A column is typed only where that loses nothing, judged over
 the *whole* file: ``int64`` when every non-empty cell is an integer written the way it prints (no
 leading zero or plus sign, within 64 bits: ``00501``, ``+4915112345678`` and 23-digit order numbers
-stay text), ``float64`` when every cell is the shortest text of its float (``2.5``, ``-0.125``, ``1e-05``;
-not ``2.50``), else text (``true``/``false`` included). Only empty cells are null, unless
+stay text), ``float64`` when every cell is a decimal fraction that is the shortest text of its float
+(``2.5``, ``-0.125``; not ``2.50``, ``3.0`` or ``1e-05``, which Python and Arrow print differently), else
+text (``true``/``false`` included). Only empty cells are null, unless
 ``null_values`` names more markers (``NA``, ``null``, …). ``encoding`` decodes CSV and JSONL (UTF-8 by
 default); a byte that does not decode is an error naming its line.
 
@@ -42,7 +43,9 @@ _COMPRESSED = (".gz", ".bz2", ".zst")
 _FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
             ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INTEGER = r"^(0|-?[1-9][0-9]{0,18})$"  # the text str(int) gives; int64 has at most 19 digits
-_FLOAT = r"^-?[0-9]+(\.[0-9]+)?(e[-+][0-9]+)?$"  # may be repr(float); checked exactly in _lossless
+# a decimal fraction without a trailing zero or exponent, which Python, pandas and Arrow all print
+# back the same way (Python shows 3.0 where Arrow shows 3); checked exactly in _lossless
+_FLOAT = r"^-?(0|[1-9][0-9]*)\.[0-9]*[1-9]$"
 _UTF8 = "utf8"  # pyarrow's name: any other encoding is transcoded
 
 
