@@ -128,3 +128,16 @@ def test_api_key_flag_wins_and_is_not_in_repr():
     job = build_job(None, {"input": "x.csv", "model": "m", "template": "{a}"}, ENV, api_key="sk-flag-999")
     assert job.endpoint.api_key == "sk-flag-999"
     assert "sk-flag-999" not in repr(job)
+
+
+def test_encoding_and_null_values(tmp_path):
+    job = build_job(write_job(tmp_path, 'input = "in.csv"\nmodel = "m"\ntemplate = "{x}"\nencoding = "Latin-1"\n'
+                                        'null_values = "NA"\n'), {}, ENV)
+    assert (job.encoding, job.null_values) == ("iso8859-1", ("NA",))
+    job = build_job(None, {"input": "in.csv", "model": "m", "template": "{x}", "null_values": ["NA", "null"]}, ENV)
+    assert (job.encoding, job.null_values) == ("utf-8", ("NA", "null"))
+    with pytest.raises(JobError, match="job.toml: key 'encoding' names no known encoding: 'latin-9000'"):
+        build_job(write_job(tmp_path, 'input = "in.csv"\nmodel = "m"\ntemplate = "{x}"\nencoding = "latin-9000"\n'),
+                  {}, ENV)
+    with pytest.raises(JobError, match="null_values"):
+        build_job(write_job(tmp_path, 'input = "in.csv"\nmodel = "m"\ntemplate = "{x}"\nnull_values = [1]\n'), {}, ENV)
