@@ -41,6 +41,7 @@ from .client import redact
 from .local import local_job
 from .errors import ChatbatchError, JobError, OutputError, RequestFailed
 from .jobspec import build_job
+from .options import FLAG_OPTIONS, Option
 from .estimate import estimate as estimate_job
 from .estimate import format_estimate
 from .pricing import load_prices
@@ -117,78 +118,39 @@ def _schema(ctx, param, value) -> dict | str | None:
     return _json_object(ctx, param, value)
 
 
-# (flag, click options) — each flag's key in the job file is its name with underscores
-RUN_OPTIONS: list[tuple[str, dict]] = [
-    ("--input", dict(type=click.Path(dir_okay=False), help="Input table: .csv, .parquet or .jsonl.")),
-    ("--output", dict(type=click.Path(dir_okay=False), help="Output Parquet file (default: <input>.out.parquet).")),
-    ("--template", dict(help="User prompt template; {column} inserts a column's value.")),
-    ("--system", dict(help="System prompt (may also use {column} placeholders).")),
-    ("--messages-column", dict(help="Column holding a whole messages list (JSON) instead of a template.")),
-    ("--encoding", dict(help="Text encoding of a CSV/JSONL input, e.g. latin-1 [utf-8].")),
-    ("--null-values", dict(multiple=True, callback=_split_commas,
-                           help="CSV cell texts read as null besides empty cells, e.g. NA,null,N/A (comma-separated or repeated).")),
-    ("--model", dict(help="Model name, e.g. gpt-4o-mini.")),
-    ("--base-url", dict(help="API base URL (default $OPENAI_BASE_URL or https://api.openai.com/v1).")),
-    ("--api-key", dict(help="API key (prefer $OPENAI_API_KEY: flags show in process lists).")),
-    ("--api-key-env", dict(help="Name of the environment variable holding the API key.")),
-    ("--organization", dict(help="OpenAI-Organization header (default $OPENAI_ORG_ID).")),
-    ("--project", dict(help="OpenAI-Project header (default $OPENAI_PROJECT_ID).")),
-    ("--api-version", dict(help="Azure OpenAI api-version; turns on Azure deployment URLs and api-key auth.")),
-    ("--deployment", dict(help="Azure OpenAI deployment name (default: the model).")),
-    ("--max-cost", dict(type=click.FloatRange(0), help="Cost cap in USD: no request starts that could cross it.")),
-    ("--concurrency", dict(type=click.IntRange(1), help="Most requests in flight at once [32].")),
-    ("--rpm", dict(type=click.FloatRange(0, min_open=True), help="Requests-per-minute budget.")),
-    ("--tpm", dict(type=click.FloatRange(0, min_open=True), help="Tokens-per-minute budget.")),
-    ("--max-attempts", dict(type=click.IntRange(1), help="Attempts per row, the first included [6].")),
-    ("--timeout", dict(type=click.FloatRange(0, min_open=True), help="Seconds to wait for one reply [120].")),
-    ("--backoff-base", dict(type=click.FloatRange(0), help="First retry's backoff ceiling in seconds [1].")),
-    ("--backoff-max", dict(type=click.FloatRange(0), help="Largest backoff in seconds [60].")),
-    ("--temperature", dict(type=float, help="Sampling temperature, 0 to 2.")),
-    ("--top-p", dict(type=float, help="Nucleus sampling, 0 to 1.")),
-    ("--max-completion-tokens", dict(type=int, help="Most tokens a reply may use (reasoning included).")),
-    ("--max-tokens", dict(type=int, help="Legacy max_tokens, for endpoints that still need it.")),
-    ("--stop", dict(multiple=True, help="Stop sequence (repeatable, up to 4).")),
-    ("--seed", dict(type=int, help="Seed for best-effort deterministic sampling.")),
-    ("--n", dict(type=int, help="Choices per row; n > 1 adds replies/finish_reasons list columns.")),
-    ("--response-format", dict(callback=_json_object, help="response_format as JSON, e.g. '{\"type\": \"json_object\"}'.")),
-    ("--logprobs/--no-logprobs", dict(default=None, help="Ask for token log probabilities.")),
-    ("--top-logprobs", dict(type=int, help="Top alternatives per token (needs --logprobs).")),
-    ("--service-tier", dict(help="service_tier: auto, default, flex, priority.")),
-    ("--reasoning-effort", dict(help="reasoning_effort for reasoning models: minimal, low, medium, high.")),
-    ("--metadata", dict(multiple=True, callback=_kv_pairs, help="Request metadata KEY=VALUE (repeatable).")),
-    ("--param", dict(multiple=True, callback=_json_pairs,
-                     help="Any other body key, KEY=VALUE with VALUE parsed as JSON when it can be (repeatable).")),
-    ("--labels", dict(multiple=True, callback=_labels,
-                      help="Classify into these labels (comma-separated or repeated): a 'label' column.")),
-    ("--output-schema", dict(callback=_schema, help="JSON schema of the reply (JSON text or a .json path): typed columns.")),
-    ("--structured-mode", dict(type=click.Choice(["json_schema", "json_object", "prompt"]),
-                               help="How the schema is asked for [json_schema].")),
-    ("--strict/--no-strict", dict(default=None, help="Strict json_schema mode [on].")),
-    ("--validation-retries", dict(type=click.IntRange(0, 100), help="Retries of replies that fail the schema [2].")),
-    ("--schema-name", dict(help="json_schema name sent with the schema [output].")),
-    ("--local", dict(is_flag=True, default=None, help="Run on a local model (llama.cpp server), no key, no cost.")),
-    ("--local-model", dict(type=click.Path(dir_okay=False), help="GGUF model file for --local [Gemma 3 270M].")),
-    ("--local-threads", dict(type=click.IntRange(1), help="Threads for the local model [one per core].")),
-    ("--batch-max-requests", dict(type=click.IntRange(1, 50_000),
-                                  help="batch submit: most requests per batch file [50,000].")),
-    ("--column-prefix", dict(help="Prefix for chatbatch's output columns, e.g. llm_.")),
-    ("--prices-file", dict(type=click.Path(dir_okay=False), help="JSON/TOML price table adding to the shipped one.")),
-    ("--progress-interval", dict(type=click.FloatRange(0, min_open=True),
-                                 help="Seconds between progress lines when stderr is not a terminal [30].")),
-    ("--state-dir", dict(type=click.Path(file_okay=False), help="Folder for the resume journal (default: <output>.state).")),
-    ("--fresh", dict(is_flag=True, default=None, help="Discard the job's resume state and start over.")),
-    ("--retry-errors", dict(is_flag=True, default=None, help="On resume, send rows that failed before again.")),
-    ("--cache/--no-cache", dict(default=None, help="Reuse replies to identical requests from earlier runs (opt-in).")),
-    ("--cache-dir", dict(type=click.Path(file_okay=False), help="Response cache folder (default ~/.cache/chatbatch).")),
-    ("--dedupe/--no-dedupe", dict(default=None, help="Send identical requests within a run once [on].")),
-    ("--overwrite", dict(is_flag=True, default=None, help="Replace an existing output file.")),
-    ("--quiet", dict(is_flag=True, default=None, help="No progress and no summary table; errors only.")),
-]
+_PARSERS = {"json": _json_object, "pairs": _kv_pairs, "json_pairs": _json_pairs, "labels": _labels,
+            "schema": _schema, "commas": _split_commas}
+_PATHS = {"file": click.Path(dir_okay=False), "folder": click.Path(file_okay=False)}
+
+
+def _click_option(option: Option):
+    """The ``click.option`` of one line of the option table (pipeline/options.py)."""
+    kwargs: dict[str, Any] = {"help": option.help}
+    flag_type = option.kind.flag_type
+    if option.multiple:
+        kwargs["multiple"] = True
+    if option.parse:
+        kwargs["callback"] = _PARSERS[option.parse]
+    if option.choices:
+        kwargs["type"] = click.Choice(list(option.choices))
+    elif flag_type == "switch":
+        kwargs.update({"default": None} if "/" in option.flag_name else {"is_flag": True, "default": None})
+    elif flag_type in ("int", "float"):
+        bounds = option.bounds if option.flag_bounds is True else option.flag_bounds
+        if not bounds:
+            kwargs["type"] = int if flag_type == "int" else float
+        elif flag_type == "int":
+            kwargs["type"] = click.IntRange(*bounds)
+        else:
+            kwargs["type"] = click.FloatRange(*bounds, min_open=option.positive)
+    elif flag_type in _PATHS:
+        kwargs["type"] = _PATHS[flag_type]
+    return click.option(option.flag_name, **kwargs)
 
 
 def _with_run_options(func):
-    for flag, kwargs in reversed(RUN_OPTIONS):
-        func = click.option(flag, **kwargs)(func)
+    for option in reversed(FLAG_OPTIONS):
+        func = _click_option(option)(func)
     return func
 
 

@@ -34,61 +34,12 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .errors import JobError
+from .options import FILE_KEYS, POSITIVE, RANGES, REQUEST_PARAMS
 from .prompts import json_mode, mentions_json
 from .structured import OutputSpec, build_spec
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-NUMBER = (int, float)
-
-# key -> (accepted python types, description for errors)
-_STR = ((str,), "a string")
-_INT = ((int,), "an integer")
-_NUM = (NUMBER, "a number")
-_BOOL = ((bool,), "true or false")
-_TABLE = ((dict,), "a table")
-_STR_OR_LIST = ((str, list), "a string or a list of strings")
-_LIST = ((list,), "a list of strings")
-
-SETTINGS: dict[str, tuple[tuple[type, ...], str]] = {
-    # what to read, render and write
-    "input": _STR, "output": _STR, "template": _STR, "system": _STR, "messages_column": _STR,
-    "required_columns": _LIST, "column_prefix": _STR, "overwrite": _BOOL,
-    "encoding": _STR, "null_values": _STR_OR_LIST,
-    "state_dir": _STR, "cache": _BOOL, "cache_dir": _STR, "dedupe": _BOOL,
-    # structured output
-    "labels": _LIST, "output_schema": ((dict, str), "a table (a JSON schema), JSON text or a path to one"),
-    "structured_mode": _STR, "strict": _BOOL, "validation_retries": _INT, "schema_name": _STR,
-    # a local model instead of the API
-    "local": _BOOL, "local_model": _STR, "local_threads": _INT,
-    "batch_max_requests": _INT, "quiet": _BOOL, "progress_interval": _NUM,
-    # where to send it
-    "model": _STR, "base_url": _STR, "api_key_env": _STR, "organization": _STR, "project": _STR,
-    "api_version": _STR, "deployment": _STR,
-    # limits and retries
-    "max_cost": _NUM, "concurrency": _INT, "rpm": _NUM, "tpm": _NUM, "timeout": _NUM,
-    "max_attempts": _INT, "backoff_base": _NUM, "backoff_max": _NUM,
-    # prices
-    "prices_file": _STR, "prices": _TABLE,
-}
-# request-body parameters sent as they are (CreateChatCompletionRequest names)
-REQUEST_PARAMS: dict[str, tuple[tuple[type, ...], str]] = {
-    "temperature": _NUM, "top_p": _NUM, "max_completion_tokens": _INT, "max_tokens": _INT,
-    "stop": _STR_OR_LIST, "seed": _INT, "n": _INT, "response_format": _TABLE, "logprobs": _BOOL,
-    "top_logprobs": _INT, "service_tier": _STR, "metadata": _TABLE, "frequency_penalty": _NUM,
-    "presence_penalty": _NUM, "reasoning_effort": _STR, "verbosity": _STR, "user": _STR,
-    "safety_identifier": _STR, "prompt_cache_key": _STR, "store": _BOOL,
-}
-ALL_KEYS = {**SETTINGS, **REQUEST_PARAMS, "extra_body": _TABLE}
-# (low, high) inclusive bounds, checked after types
-RANGES = {
-    "temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2),
-    "n": (1, 128), "top_logprobs": (0, 20), "max_completion_tokens": (1, None), "max_tokens": (1, None),
-    "concurrency": (1, 100_000), "rpm": (0, None), "tpm": (0, None), "timeout": (0, None),
-    "max_attempts": (1, 1000), "backoff_base": (0, None), "backoff_max": (0, None),
-    "progress_interval": (0, None), "max_cost": (0, None), "validation_retries": (0, 100),
-    "batch_max_requests": (1, 50_000),
-}
-_POSITIVE = {"rpm", "tpm", "timeout", "progress_interval"}
+ALL_KEYS = FILE_KEYS  # every job-file key -> (accepted types, description for errors), from options.py
 
 
 @dataclass(frozen=True)
@@ -199,11 +150,13 @@ def build_job(
     env: Mapping[str, str],
     api_key: str | None = None,
     require_key: bool = True,
+    overrides_from: str | None = None,
 ) -> Job:
     """Merge the job file (if any) with flag overrides and the environment into a :class:`Job`.
 
     ``overrides`` holds only flags the user gave (None values are ignored); ``api_key`` is the
-    ``--api-key`` flag, which wins over the environment.
+    ``--api-key`` flag, which wins over the environment. Errors name an override by its flag, or by
+    ``overrides_from`` (e.g. ``"enrich()"``) when the overrides are Python keywords.
     """
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -214,7 +167,7 @@ def build_job(
         base_dir = job_file.parent
     for key, value in overrides.items():
         if value is not None:
-            values[key], origin[key] = value, "--" + key.replace("_", "-")
+            values[key], origin[key] = value, overrides_from or "--" + key.replace("_", "-")
     _check_keys(values, origin)
     paths_from_file = {k for k in ("input", "output", "prices_file", "state_dir", "cache_dir", "local_model")
                        if origin.get(k) == str(job_file)}
@@ -264,9 +217,9 @@ def _check_range(key: str, value: Any, where: str) -> None:
     if key not in RANGES:
         return
     low, high = RANGES[key]
-    too_low = value < low or (key in _POSITIVE and value == 0)
+    too_low = value < low or (key in POSITIVE and value == 0)
     if too_low or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f"above {low}" if key in _POSITIVE else f"at least {low}"
+        bound = f"between {low} and {high}" if high is not None else f"above {low}" if key in POSITIVE else f"at least {low}"
         raise JobError(f"{where}: key '{key}' must be {bound}, got {value!r}")
 
 
