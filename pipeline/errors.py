@@ -13,6 +13,8 @@ should be sent again by a plain rerun: :func:`is_transient` answers it from the 
     │   └── OutputExistsError    output exists and --overwrite was not given
     ├── CostCapReached           the next request could cross max_cost (the run stops, exit 3)
     ├── OutputError              the output cannot be written (disk full, ...): the run stops (exit 4)
+    ├── RunAborted               Python API: the run stopped (auth, quota, cost cap); carries the
+    │                            partial result
     └── RequestFailed            one HTTP exchange failed (carries http_status, error_type)
         ├── retryable = True       transient: a rerun sends the row again
         │   ├── RateLimited        429 rate_limit_exceeded (slows the whole run)
@@ -55,6 +57,20 @@ class CostCapReached(ChatbatchError):
 
 class OutputError(ChatbatchError):
     """The output file could not be written (disk full, permissions, a value Arrow refused)."""
+
+
+class RunAborted(ChatbatchError):
+    """A run of the Python API stopped for a reason no retry fixes (the CLI's exit 3).
+
+    ``result`` is what the call would have returned — every row, those not sent with error_type
+    ``not_sent`` — and ``summary`` the run's summary. Calling again resumes.
+    """
+
+    def __init__(self, message: str, *, result, summary: dict) -> None:
+        super().__init__(message)
+        self.result = result
+        self.summary = summary
+        self.stopped_by = summary.get("stopped_by")
 
 
 class RequestFailed(ChatbatchError):

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Callable, TextIO
 
 from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 from .summary import Tally
 
@@ -50,7 +51,8 @@ def timestamp(epoch_s: float) -> str:
 
 
 class Progress:
-    """Shows a run's progress in ``mode`` 'bar', 'log' or 'quiet'.
+    """Shows a run's progress in ``mode`` 'bar', 'log' or 'quiet' — or 'auto', the Python API's
+    bar: ``tqdm.auto`` (a widget in Jupyter, text elsewhere).
 
     ``clock`` (monotonic) times the rates; ``wall`` (epoch seconds) stamps the log lines.
     """
@@ -70,10 +72,11 @@ class Progress:
         """Refresh until cancelled."""
         if self.mode == "quiet":
             return
-        if self.mode == "bar":
-            self._bar = tqdm(total=self.tally.rows_total, unit="row", file=self.stream,
-                             dynamic_ncols=True, smoothing=0.1)
-        period = BAR_REFRESH_S if self.mode == "bar" else self.interval_s
+        if self.mode in ("bar", "auto"):
+            bar = auto_tqdm if self.mode == "auto" else tqdm
+            self._bar = bar(total=self.tally.rows_total, unit="row", file=self.stream,
+                            dynamic_ncols=True, smoothing=0.1)
+        period = self.interval_s if self.mode == "log" else BAR_REFRESH_S
         while True:
             await asyncio.sleep(period)
             self.refresh()

@@ -28,6 +28,7 @@ import random
 import signal
 from decimal import Decimal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -49,7 +50,8 @@ from .runner import CHUNK_ROWS, Runner, Seams
 from .cache import ResponseCache
 from .runner import Reuse
 from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema, remove_stale_temp
-from .sources import Source, file_digest, open_source
+from .sinks import TableSink
+from .sources import Source, TableSource, open_source
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED
 from .state import BEGIN, TOTALS_KEY, TRANSIENT, StateStore, open_state
 from .summary import Spend, Tally, to_json
@@ -67,7 +69,7 @@ class RunReport:
     summary: dict[str, Any]
     exit_code: int
     output_path: Path
-    summary_path: Path
+    summary_path: Path | None  # None when the output went to an in-memory sink
     warnings: tuple[str, ...] = ()
 
 
@@ -110,14 +112,18 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
 
 
 def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_overwrite: bool = True,
-            purpose: str = BEGIN, retry_errors: bool = False) -> Prepared:
+            purpose: str = BEGIN, retry_errors: bool = False,
+            source: Source | TableSource | None = None) -> Prepared:
     """Every check that needs no request; raises JobError (exit 2) on the first problem.
 
     With ``use_state`` the job's state is opened and locked (close ``prepared.store``; run_job
     does): for ``purpose`` BEGIN a run begins (``run``, ``batch submit``), for CONTINUE the state is
-    used as the job left it (``batch collect``) — see :mod:`pipeline.state`.
+    used as the job left it (``batch collect``) — see :mod:`pipeline.state`. ``source`` is an input
+    already opened (the Python API's in-memory tables); else the job's input file is opened. Without
+    ``check_overwrite`` the output file is not looked at (an in-memory run writes none).
     """
-    source = open_source(job.input_path, encoding=job.encoding, null_values=job.null_values).with_text_columns(
+    source = source or open_source(job.input_path, encoding=job.encoding,
+                                   null_values=job.null_values).with_text_columns(
         [*Template(job.template or "").columns, *Template(job.system or "").columns,
          *([job.messages_column] if job.messages_column else []), *job.required_columns])
     if source.columns:  # an empty file has no columns to check (and no rows to send)
@@ -141,13 +147,13 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
         if check_overwrite:
             check_output(job.output_path, job.overwrite)
         return Prepared(job, source, prices, tuple(warnings))
-    store = open_state(state_dir(job), fingerprint(job, file_digest(job.input_path)), fresh=fresh,
-                       purpose=purpose)
+    store = open_state(state_dir(job), fingerprint(job, source.digest()), fresh=fresh, purpose=purpose)
     try:
         # an output from an earlier run of this job's state is its own: resuming, starting afresh on
         # purpose or the next night's input replaces it; anything else needs --overwrite
-        check_output(job.output_path, job.overwrite or store.had_state)
-        remove_stale_temp(job.output_path)
+        if check_overwrite:
+            check_output(job.output_path, job.overwrite or store.had_state)
+            remove_stale_temp(job.output_path)
         if purpose == BEGIN:
             store.begin()
     except BaseException:
@@ -209,30 +215,36 @@ async def run_job(
     fresh: bool = False,
     retry_errors: bool = False,
     grace_s: float = GRACE_S,
+    sink: TableSink | None = None,
+    stop: StopSwitch | None = None,
 ) -> RunReport:
     """Run ``job`` end to end and return its report (the summary and the exit code).
 
     With ``handle_signals``, SIGINT/SIGTERM stop the run; requests in flight get
     ``min(grace_s, timeout)`` seconds to finish. Raises :class:`~pipeline.errors.OutputError` when
-    the output cannot be written (finished rows stay in the journal).
+    the output cannot be written (finished rows stay in the journal). With ``sink`` the output goes
+    there (and no file is written: neither output nor summary); ``stop`` lets another thread stop
+    the run as a signal does.
     """
     prepared = prepared or prepare(job, fresh=fresh, retry_errors=retry_errors)
     try:
         grace_s = min(job.limits.timeout_s, grace_s)
-        return await _run_prepared(job, prepared, http, seams, progress_mode,
-                                   grace_s if handle_signals else None, retry_errors)
+        return await _run_prepared(job, prepared, http, seams, progress_mode, grace_s, handle_signals,
+                                   retry_errors, sink, stop)
     finally:
         if prepared.store is not None:
             prepared.store.close()
 
 
-async def _run_prepared(job, prepared, http, seams, progress_mode, signal_grace_s, retry_errors) -> RunReport:
+async def _run_prepared(job, prepared, http, seams, progress_mode, grace_s, handle_signals, retry_errors,
+                        sink=None, stop=None) -> RunReport:
     source = prepared.source
     tally = Tally(rows_total=source.num_rows)
     schema = output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
     own_http = http is None
     http = http or make_http_client(job.limits.concurrency, job.limits.timeout_s)
-    sink = ParquetSink(job.output_path, schema, job.choices_per_request, job.output)
+    to_file = sink is None
+    sink = sink or ParquetSink(job.output_path, schema, job.choices_per_request, job.output)
     cache = ResponseCache(job.cache_dir) if job.cache and job.cache_dir else None
     reuse = Reuse(store=prepared.store, cache=cache, retry_errors=retry_errors, dedupe=job.dedupe)
     counter = (token_counter(job) if job.limits.tokens_per_minute or job.max_cost_usd is not None or job.local
@@ -252,7 +264,9 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, signal_grace_
         prepared.store.track_totals(job_totals)
     ticker = asyncio.create_task(progress.run())
     # signals stay handled until the output is in place: a stop during the final write changes nothing
-    undo_signals = _install_signals(runner, signal_grace_s) if signal_grace_s is not None else (lambda: None)
+    stop = stop or StopSwitch()
+    stop.attach(runner, grace_s)
+    undo_signals = _install_signals(stop) if handle_signals else (lambda: None)
     outcome = "crashed"
     try:
         try:
@@ -272,13 +286,15 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, signal_grace_
             job, prepared, runner, started_at, exit_code))
         text = to_json(summary)
         sink.commit({SUMMARY_KEY: text.encode()})
-        summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
-        _write_atomically(summary_path, text)
+        summary_path = job.output_path.with_name(job.output_path.name + ".summary.json") if to_file else None
+        if summary_path is not None:
+            _write_atomically(summary_path, text)
     except BaseException:
         sink.discard()
         raise
     finally:
         undo_signals()
+        stop.detach()
     if prepared.store is not None:
         prepared.store.set_meta({"complete": "true" if not runner.stopping else "false"})
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
@@ -374,32 +390,66 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
     }
 
 
-def _install_signals(runner: Runner, grace_s: float) -> Callable[[], None]:
-    """SIGINT/SIGTERM stop dispatching; in-flight requests get ``grace_s``, a second signal none.
+class StopSwitch:
+    """Stops a run as Ctrl-C does, from a signal handler or from any thread (the Python API).
 
-    The first signal also sets the second stop to come by itself after ``grace_s``. Signals after the
-    run has finished (while the output is written) change nothing.
+    The first stop stops dispatching and gives requests in flight ``grace_s`` to finish; a second
+    stop, or the end of the grace, cancels them. A stop before the run starts stops it as soon as it
+    does; one after the run has finished (while the output is written) changes nothing.
     """
-    loop = asyncio.get_running_loop()
-    names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
-    timers: list[asyncio.TimerHandle] = []
 
-    def on_signal(reason: str) -> None:
-        if runner.finished:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runner: Runner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._grace_s = GRACE_S
+        self._early: list[str] = []
+        self._timers: list[asyncio.TimerHandle] = []
+
+    def attach(self, runner: Runner, grace_s: float) -> None:
+        """Called by run_job in the run's event loop."""
+        with self._lock:
+            self._runner, self._loop, self._grace_s = runner, asyncio.get_running_loop(), grace_s
+            early, self._early = self._early, []
+        for reason in early:
+            self.stop(reason)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._runner = self._loop = None
+        for timer in self._timers:
+            timer.cancel()
+
+    def press(self, reason: str) -> None:
+        """Stop the run, from any thread."""
+        with self._lock:
+            if self._loop is None:
+                self._early.append(reason)
+                return
+            self._loop.call_soon_threadsafe(self.stop, reason)
+
+    def stop(self, reason: str) -> None:
+        """Stop the run, in its event loop (what a signal handler calls)."""
+        runner = self._runner
+        if runner is None or runner.finished:
             return
         first = not runner.stopping
         runner.request_stop(reason)
         if first:
             sys.stderr.write(f"\nchatbatch: {reason}: sending no more requests; those in flight get up to "
-                             f"{grace_s:g}s to finish (signal again to cancel them)\n")
-            timers.append(loop.call_later(grace_s, lambda: runner.request_stop(reason)))
+                             f"{self._grace_s:g}s to finish (signal again to cancel them)\n")
+            self._timers.append(asyncio.get_running_loop().call_later(
+                self._grace_s, lambda: runner.request_stop(reason)))
 
+
+def _install_signals(switch: StopSwitch) -> Callable[[], None]:
+    """SIGINT/SIGTERM press ``switch``: a first signal stops the run gracefully, a second cancels."""
+    loop = asyncio.get_running_loop()
+    names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
     for signum, reason in names.items():
-        loop.add_signal_handler(signum, on_signal, reason)
+        loop.add_signal_handler(signum, switch.stop, reason)
 
     def undo() -> None:
-        for timer in timers:
-            timer.cancel()
         for signum in names:
             loop.remove_signal_handler(signum)
     return undo

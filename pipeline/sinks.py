@@ -225,6 +225,35 @@ class ParquetSink:
             self.tmp_path.unlink(missing_ok=True)
 
 
+class TableSink:
+    """Collects the output in memory (the Python API); :meth:`commit` makes :attr:`table`.
+
+    The same rows and columns as :class:`ParquetSink` writes; input columns are the input's own
+    arrays, so they keep their exact Arrow types.
+    """
+
+    def __init__(self, schema: pa.Schema, choices: int, spec=None) -> None:
+        self.schema = schema
+        self.choices = choices
+        self.spec = spec
+        self.rows_written = 0
+        self.table: pa.Table | None = None
+        self._batches: list[pa.RecordBatch] = []
+
+    def write(self, batch: pa.RecordBatch, results: Sequence[RowResult]) -> None:
+        arrays = list(batch.columns) + result_arrays(results, self.choices, self.spec)
+        self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self.rows_written += batch.num_rows
+
+    def commit(self, metadata: Mapping[bytes, bytes]) -> None:
+        schema = self.schema.with_metadata({**(self.schema.metadata or {}), **metadata})
+        self.table = pa.Table.from_batches(self._batches, schema=schema)
+        self._batches = []
+
+    def discard(self) -> None:
+        self._batches = []
+
+
 def remove_stale_temp(path: Path) -> None:
     """Remove temporary files a killed run left beside ``path`` (their process is gone)."""
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):

@@ -84,6 +84,10 @@ class Source:
         except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
             raise _read_error(self.path, self.encoding, exc) from exc
 
+    def digest(self) -> str:
+        """The input's part of a job's fingerprint: a digest of the file's bytes."""
+        return file_digest(self.path)
+
     def _raw_batches(self, max_bytes: int) -> Iterator[pa.RecordBatch]:
         if self.num_rows == 0:  # nothing to read (and an empty JSONL file has nothing Arrow can open)
             return
@@ -300,3 +304,70 @@ def _blank(path: Path) -> bool:
             if chunk.strip():
                 return False
     return True
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """An input already in memory: a pyarrow Table (the Python API's DataFrames, tables, lists).
+
+    It offers what :class:`Source` offers (schema, row count, batches, digest); its batches are the
+    table's own arrays, so every column keeps its exact type. Use :func:`table_source`.
+    """
+
+    table: pa.Table
+    name: str = "<table>"
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.table.schema
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.table.schema.names)
+
+    def batches(self, max_rows: int, max_bytes: int = BATCH_BYTES) -> Iterator[pa.RecordBatch]:
+        """The table's own record batches, sliced as :meth:`Source.batches` slices."""
+        for batch in self.table.to_batches():
+            step = _rows_within(batch, max_rows, max_bytes)
+            for offset in range(0, batch.num_rows, step):
+                yield batch.slice(offset, step)
+
+    def digest(self) -> str:
+        """A hex digest of the table's schema and values (Arrow IPC stream bytes), computed once."""
+        if "_digest" not in self.__dict__:
+            digest = hashlib.blake2b(digest_size=16)
+            with pa.ipc.new_stream(pa.PythonFile(_Hashing(digest), mode="w"), self.table.schema) as writer:
+                for batch in self.table.to_batches(max_chunksize=65536):
+                    writer.write_batch(batch)
+            object.__setattr__(self, "_digest", digest.hexdigest())
+        return self.__dict__["_digest"]
+
+
+class _Hashing:
+    """A write-only file object that feeds a hash."""
+
+    def __init__(self, digest) -> None:
+        self._digest = digest
+        self.closed = False
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def table_source(table: pa.Table, name: str = "<table>") -> TableSource:
+    """Check an in-memory table as :func:`open_source` checks a file."""
+    duplicated = {n for n in table.schema.names if table.schema.names.count(n) > 1}
+    if duplicated:
+        raise InputError(f"{name}: duplicate column name(s): {', '.join(sorted(duplicated))}")
+    return TableSource(table, name)
