@@ -21,7 +21,7 @@ def test_every_option_is_documented_in_its_help_and_the_readme():
     for option in OPTIONS:
         assert option.help and option.help.strip(), f"{option.name} has no help text"
         if FILE in option.places:
-            assert f"`{option.name}`" in README or f"`[{option.name}]`" in README, \
+            assert f"`{option.name}`" in README or f"`[{option.name}" in README, \
                 f"job-file key {option.name} is not in README.md"
         if FLAG in option.places:
             flag = option.flag_name.split("/")[0]
