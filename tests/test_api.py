@@ -187,7 +187,9 @@ def test_unknown_keyword_is_a_type_error_with_a_suggestion(fake):
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'temprature'; did you mean 'temperature'"):
         enrich(pd.DataFrame({"text": ["a"]}), temprature=0, **job(fake))
     with pytest.raises(TypeError, match="did you mean 'max_cost'"):
-        estimate(pd.DataFrame({"text": ["a"]}), max_costs=1, **job(fake, progress=None))
+        estimate(pd.DataFrame({"text": ["a"]}), template="{text}", model="gpt-4o-mini", max_costs=1)
+    with pytest.raises(TypeError, match="'progress'"):
+        estimate(pd.DataFrame({"text": ["a"]}), template="{text}", model="gpt-4o-mini", progress=False)
     with pytest.raises(TypeError, match="did you mean 'concurrency'"):
         Job.from_toml("x.toml", concurency=3)
     with pytest.raises(TypeError, match="DataFrame"):
@@ -311,3 +313,17 @@ def test_local_runs_on_the_bundled_model_with_no_key(monkeypatch, tmp_path):
     assert list(result.index) == ["r1", "r2"] and result["status"].tolist() == ["ok", "ok"]
     assert set(result["label"]) <= {"positive", "negative"} and result["cost_usd"].tolist() == [0.0, 0.0]
     assert result.attrs["chatbatch"]["api_equivalent"]["model"] == "gpt-4o-mini"
+
+
+def test_a_stop_pressed_before_the_run_starts_sends_nothing(fake, tmp_path):
+    from pipeline.jobspec import build_job
+    from pipeline.run import EXIT_INTERRUPTED, StopSwitch, run_job
+
+    (tmp_path / "in.csv").write_text("text\na\nb\n")
+    spec = build_job(None, {"input": str(tmp_path / "in.csv"), "template": "{text}", "model": "gpt-4o-mini",
+                            "base_url": fake.base_url}, os.environ)
+    switch = StopSwitch()
+    switch.press("interrupted (KeyboardInterrupt)")  # e.g. Ctrl-C while the worker thread starts
+    report = asyncio.run(run_job(spec, stop=switch))
+    assert report.exit_code == EXIT_INTERRUPTED and fake.requests == []
+    assert pq.read_table(report.output_path).column("error_type").to_pylist() == ["not_sent", "not_sent"]
