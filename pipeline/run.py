@@ -1,6 +1,8 @@
-"""The Python API behind ``chatbatch run``: check everything, run the job, commit the output.
+"""The engine behind ``chatbatch run`` and ``pipeline.enrich``: check everything, run the job, commit
+the output.
 
-::
+Users call it through :mod:`pipeline.api` (``enrich(df, ...)``, ``Job.from_toml(path).run()``), which
+also works where an event loop is already running (Jupyter). Directly, in a script::
 
     from pipeline.jobspec import build_job
     from pipeline.run import run_job
