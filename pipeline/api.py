@@ -60,7 +60,7 @@ from .local import local_job
 from .options import PYTHON_KEYWORDS, check_keywords, keyword_values
 from .run import EXIT_ABORTED, EXIT_INTERRUPTED, RunReport, StopSwitch, fingerprint, prepare, run_job, token_counter
 from .sinks import TableSink, output_schema, result_fields
-from .sources import Source, TableSource, open_source, table_source
+from .sources import TableSource, file_digest, table_source
 
 RUN_KEYWORDS = frozenset({"fresh", "retry_errors", "progress"})  # how to run, not what the job is
 ENRICH_KEYWORDS = PYTHON_KEYWORDS - {"input", "output"}  # the data is the first argument, the output returned
@@ -153,16 +153,18 @@ class Job:
 # -- one call --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Data:
-    """The caller's data as a source, and how to hand the result back."""
+    """The caller's data as a source (a file is opened by the run, as ``--input`` is), and how to
+    hand the result back."""
 
-    source: Source | TableSource
+    source: TableSource | None = None
+    path: Path | None = None
     frame: Any = None  # the pandas DataFrame the result columns are added to
     arrow: bool = False  # return an Arrow table (else pandas)
 
     @classmethod
     def read(cls, data: Any, function: str) -> "_Data":
         if isinstance(data, (str, os.PathLike)):
-            return cls(open_source(Path(data).expanduser()))
+            return cls(path=Path(data).expanduser())
         if isinstance(data, pa.RecordBatchReader):
             return cls(table_source(data.read_all(), "<RecordBatchReader>"), arrow=True)
         if isinstance(data, pa.RecordBatch):
@@ -205,7 +207,7 @@ class _Call:
         run = {name: bool(keywords.pop(name)) for name in RUN_KEYWORDS if name in keywords}
         api_key = keywords.pop("api_key", None)
         read = _Data.read(data, function)
-        label = str(getattr(read.source, "path", None) or read.source.name)
+        label = str(read.path) if read.path is not None else read.source.name
         job = build_job(None, {**keyword_values(keywords), "input": label, "output": IN_MEMORY}, os.environ,
                         api_key=api_key, require_key=require_key, overrides_from=f"{function}()")
         return cls(job, read, **run)
@@ -214,12 +216,12 @@ class _Call:
         """Run in the current event loop; the output is collected in memory."""
         job = self.job
         if job.state_dir is None:
-            job = replace(job, state_dir=_default_state_dir(job, self.data.source))
+            job = replace(job, state_dir=_default_state_dir(job, self.data))
         with ExitStack() as stack:
             if job.local:
                 job = stack.enter_context(local_job(job))
-            source = self.data.source
-            prepared = prepare(job, fresh=self.fresh, check_overwrite=False, source=source)
+            prepared = prepare(job, fresh=self.fresh, check_overwrite=False, source=self.data.source)
+            source = prepared.source
             quiet = job.quiet or not self.progress
             _announce(prepared, quiet)
             sink = TableSink(output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output),
@@ -250,9 +252,10 @@ def _finished(summary: dict) -> int:
     return summary["rows"] - summary.get("error_types", {}).get("not_sent", 0)
 
 
-def _default_state_dir(job: JobSpec, source: Source | TableSource) -> Path:
+def _default_state_dir(job: JobSpec, data: _Data) -> Path:
     """``<cache_dir>/runs/<digest of the job's fingerprint and the data's content>``."""
-    text = json.dumps(fingerprint(job, source.digest()), sort_keys=True)
+    digest = data.source.digest() if data.source is not None else file_digest(data.path)
+    text = json.dumps(fingerprint(job, digest), sort_keys=True)
     return job.cache_dir / "runs" / hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
