@@ -327,3 +327,27 @@ def test_a_stop_pressed_before_the_run_starts_sends_nothing(fake, tmp_path):
     report = asyncio.run(run_job(spec, stop=switch))
     assert report.exit_code == EXIT_INTERRUPTED and fake.requests == []
     assert pq.read_table(report.output_path).column("error_type").to_pylist() == ["not_sent", "not_sent"]
+
+
+def test_a_second_interrupt_cancels_what_is_in_flight_and_still_returns_every_row(fake):
+    frame = pd.DataFrame({"text": [f"[[slow:30]] hanging {i}" for i in range(8)]})
+    main = threading.main_thread().ident
+
+    def interrupt_twice():
+        deadline = time.monotonic() + 30
+        while sum(entry["status"] is None for entry in fake.requests) < 4 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        signal.pthread_kill(main, signal.SIGINT)
+        time.sleep(0.3)  # the first stop is under way: requests in flight would get 10 s
+        signal.pthread_kill(main, signal.SIGINT)
+
+    helper = threading.Thread(target=interrupt_twice)
+    helper.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt) as info:
+        enrich(frame, **job(fake, concurrency=4))
+    helper.join()
+    assert time.monotonic() - started < 10  # the second interrupt did not wait for the grace
+    partial = info.value.result
+    assert len(partial) == 8 and set(partial["status"]) == {"error"}
+    assert set(partial["error_type"]) == {"not_sent"}
