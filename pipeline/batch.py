@@ -34,11 +34,12 @@ from dataclasses import dataclass
 import httpx
 
 from .batchapi import MAX_FILE_BYTES, MAX_REQUESTS, TERMINAL, BatchClient, batch_errors, input_line
-from .client import http_failure, parse_completion
+from .client import MAX_ERROR_CHARS, http_failure, parse_completion
 from .errors import JobError, RequestFailed
 from .jobspec import Job
 from .prompts import RowRenderer
 from .records import STATUS_ERROR, RowResult
+from .redaction import redact_cut
 from .run import REAL_SEAMS, Prepared, RunReport, state_dir, write_report
 from .runner import Seams, completion_result
 from .state import INSPECT, StateStore, journaled, open_state
@@ -233,7 +234,7 @@ def _line_result(job: Job, prepared: Prepared, validator, line: dict) -> tuple[i
     body = response.get("body")
     if status_code == 200 and isinstance(body, dict):
         try:
-            completion = parse_completion(json.dumps(body).encode())
+            completion = parse_completion(json.dumps(body).encode(), job.endpoint.secrets)
         except RequestFailed as exc:
             return row, RowResult(status=STATUS_ERROR, attempts=1, error_type=exc.error_type,
                                   error_message=exc.message, http_status=200)
@@ -241,12 +242,13 @@ def _line_result(job: Job, prepared: Prepared, validator, line: dict) -> tuple[i
         return row, completion_result(job, validator, completion, cost, 1, None)
     if status_code >= 300:
         failure = http_failure(httpx.Response(status_code, content=json.dumps(body).encode()),
-                               job.endpoint.api_key, context="batch line: ")
+                               job.endpoint.secrets, context="batch line: ")
         return row, RowResult(status=STATUS_ERROR, attempts=1, error_type=failure.error_type,
                               error_message=failure.message, http_status=status_code)
     error = line.get("error") or {}
     code = error.get("code") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else str(error)
+    message = redact_cut(str(error.get("message") if isinstance(error, dict) else error), MAX_ERROR_CHARS,
+                         job.endpoint.secrets)
     return row, RowResult(status=STATUS_ERROR, attempts=1, error_type=code or "server_error",
                           error_message=f"batch line failed (status_code {status_code}): {message}",
                           http_status=status_code or None)

@@ -37,7 +37,7 @@ class BatchClient:
         self._http = http
         self._base = endpoint.url.rsplit("/chat/completions", 1)[0]
         self._headers = {k: v for k, v in endpoint.headers().items() if k != "Content-Type"}
-        self._secret = endpoint.api_key
+        self._secrets = endpoint.secrets
         self._retry, self._sleep, self._random = retry, sleep, random
 
     async def upload(self, filename: str, content: bytes) -> dict:
@@ -67,9 +67,9 @@ class BatchClient:
                 response = await self._http.request(method, self._base + path, headers=self._headers,
                                                     timeout=TIMEOUT_S, **kwargs)
             except (TimeoutError, httpx.TransportError) as exc:
-                raise transport_failure(exc, self._secret, TIMEOUT_S, context=context) from exc
+                raise transport_failure(exc, self._secrets, TIMEOUT_S, context=context) from exc
             if response.status_code >= 300:
-                raise http_failure(response, self._secret, context=context, final=final)
+                raise http_failure(response, self._secrets, context=context, final=final)
             if raw:
                 return response.content
             try:

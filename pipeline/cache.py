@@ -7,7 +7,8 @@ the endpoint URL and the exact body, so the model and every parameter are part o
 from here instead: the row is marked ``cached`` and costs nothing new.
 
 Writes are buffered and committed every :data:`COMMIT_EVERY` replies and on close: a crash can lose
-the last few cache entries, never a row (the resume journal is what guarantees rows).
+the last few cache entries, never a row (the resume journal is what guarantees rows). The folder and
+the database are private to their owner (``0700``/``0600``, :mod:`pipeline.private`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from .errors import JobError
+from .private import private_dir, private_file
 from .records import RowResult, result_from_json, result_to_json
 
 COMMIT_EVERY = 200
@@ -36,8 +38,8 @@ class ResponseCache:
 
     def __init__(self, directory: Path) -> None:
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(directory / "responses.sqlite", check_same_thread=False)
+            path = private_file(private_dir(directory) / "responses.sqlite")
+            self._db = sqlite3.connect(path, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("CREATE TABLE IF NOT EXISTS responses(key BLOB PRIMARY KEY, result TEXT NOT NULL,"

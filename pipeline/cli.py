@@ -28,16 +28,16 @@ import json
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import click
 
 from . import batch as batch_mode
 from .batchapi import TERMINAL as BATCH_ENDED
-from .client import redact
+from .redaction import redact, url_secrets
 from .local import local_job
 from .errors import ChatbatchError, JobError, OutputError, RequestFailed
 from .jobspec import build_job
@@ -58,6 +58,8 @@ ABORT_ADVICE = {
                    "api_key_env) and, for Azure, the resource's key",
     "max_cost_reached": "raise max_cost (--max-cost) and run the same command again to continue; "
                         "finished rows will not be sent (or paid for) again",
+    "journal_failed": "free disk space or fix the state folder's permissions, then run the same command "
+                      "again; rows the message counts as not journaled will be sent (and paid for) again",
     "insufficient_quota": "the account is out of credit or over its spending limit: add credit or raise "
                           "the limit on the provider's billing page, then run the job again",
     "connection_error": "check base_url (host and port), that the server is running and reachable from "
@@ -178,28 +180,17 @@ def run(job_file: Path | None, **options: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags win over the file's keys."""
     api_key = options.get("api_key")
     fresh, retry_errors = bool(options.pop("fresh")), bool(options.pop("retry_errors"))
-    try:
+    secrets = known_secrets(os.environ, options)
+    with _reported(secrets, "interrupted before the run started: nothing was sent"):
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
-        secret = job.endpoint.api_key
+        secrets.extend(job.endpoint.secrets)
         with ExitStack() as stack:
             if job.local:
-                job = stack.enter_context(local_job(job))
-            report = _run(job, fresh, retry_errors)
-    except JobError as exc:
-        _fail(str(exc), EXIT_BAD_JOB, api_key)
-    except KeyboardInterrupt:
-        _fail("interrupted before the run started: nothing was sent", EXIT_INTERRUPTED, api_key)
-    except OutputError as exc:
-        _fail(f"{exc}\n  The run stopped; rows finished before the stop are kept in the job's journal "
-              "(the state folder). Fix the cause (e.g. free disk space) and run the same command again: "
-              "finished rows will not be sent again.", EXIT_INTERNAL, api_key)
-    except ChatbatchError as exc:
-        _fail(str(exc), EXIT_ABORTED, api_key)
-    except (Exception, asyncio.CancelledError) as exc:  # the CLI boundary: never a traceback (secrets)
-        _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, api_key)
+                job = stack.enter_context(local_job(job, os.environ, secrets))
+            report = _run(job, fresh, retry_errors, secrets)
     summary = report.summary
     if not job.quiet:
-        click.echo(format_summary(summary))
+        click.echo(redact(format_summary(summary), secrets))
         click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
     if report.exit_code == EXIT_ABORTED:
         advice = ABORT_ADVICE.get(summary.get("stopped_by") or "",
@@ -207,11 +198,12 @@ def run(job_file: Path | None, **options: Any) -> None:
         click.echo(redact(f"chatbatch: run aborted: {summary['stopped']}\n  what to do: {advice}.\n"
                           f"  Rows finished before the stop were written to {report.output_path}; rows "
                           "not sent have error_type 'not_sent'. Run the same command again to resume: "
-                          "finished rows will not be sent again.", secret), err=True)
+                          "finished rows will not be sent again.", secrets), err=True)
     elif summary.get("stopped"):
-        click.echo(f"chatbatch: stopped: {summary['stopped']}; rows finished were written to "
-                   f"{report.output_path}; rows not sent have error_type 'not_sent'.\n"
-                   "  To resume, run the same command again: finished rows will not be sent again.", err=True)
+        click.echo(redact(f"chatbatch: stopped: {summary['stopped']}; rows finished were written to "
+                          f"{report.output_path}; rows not sent have error_type 'not_sent'.\n"
+                          "  To resume, run the same command again: finished rows will not be sent again.",
+                          secrets), err=True)
     sys.exit(report.exit_code)
 
 
@@ -223,17 +215,16 @@ def estimate(job_file: Path | None, as_json: bool, **options: Any) -> None:
     """Dry run: count tokens and cost for JOB_FILE and/or flags, sending nothing."""
     for flag in ("fresh", "retry_errors"):
         options.pop(flag)
-    try:
-        job = build_job(job_file, _overrides(options), os.environ, require_key=False)
+    secrets = known_secrets(os.environ, options)
+    with _reported(secrets, "interrupted"):
+        job = build_job(job_file, _overrides(options), os.environ, api_key=options.get("api_key"),
+                        require_key=False)
+        secrets.extend(job.endpoint.secrets)
         prepared = prepare(job, use_state=False, check_overwrite=False)
         figures = estimate_job(job, prepared.source, prepared.prices, token_counter(job))
-    except JobError as exc:
-        _fail(str(exc), EXIT_BAD_JOB, None)
-    except KeyboardInterrupt:
-        _fail("interrupted", EXIT_INTERRUPTED, None)
     for warning in prepared.warnings:
-        click.echo(f"chatbatch: warning: {warning}", err=True)
-    click.echo(json.dumps(figures, indent=2) if as_json else format_estimate(figures))
+        click.echo(redact(f"chatbatch: warning: {warning}", secrets), err=True)
+    click.echo(redact(json.dumps(figures, indent=2) if as_json else format_estimate(figures), secrets))
 
 
 @main.command()
@@ -245,7 +236,7 @@ def prices(prices_file: Path | None, as_json: bool) -> None:
     try:
         table = load_prices(prices_file)
     except JobError as exc:
-        _fail(str(exc), EXIT_BAD_JOB, None)
+        _fail(str(exc), EXIT_BAD_JOB, [])
     rows = {name: {f: (float(v) if v is not None else None) for f, v in vars(price).items()}
             for name, price in sorted(table.models.items())}
     if as_json:
@@ -278,27 +269,17 @@ def _batch_command(name: str, help_text: str, action, *, purpose: str, empty: st
     def command(job_file: Path | None, as_json: bool, **flags: Any) -> None:
         kwargs = {key: flags.pop(key) for key in extra}
         resume = {key: bool(flags.pop(key)) for key in ("fresh", "retry_errors")}
-        secret = flags.get("api_key")
-        try:
+        secrets = known_secrets(os.environ, flags)
+        with _reported(secrets, "interrupted"):
             refused = [f"--{key.replace('_', '-')}" for key, given in resume.items() if given and key not in takes]
             if refused:
                 raise JobError(f"'batch {name}' does not take {' or '.join(refused)}")
-            job = build_job(job_file, _overrides(flags), os.environ, api_key=secret)
-            secret = job.endpoint.api_key
+            job = build_job(job_file, _overrides(flags), os.environ, api_key=flags.get("api_key"))
+            secrets.extend(job.endpoint.secrets)
             if resume["retry_errors"]:
                 kwargs["retry_errors"] = True
-            result = _run_batch_action(job, action, purpose, resume["fresh"], kwargs)
-        except JobError as exc:
-            _fail(str(exc), EXIT_BAD_JOB, secret)
-        except RequestFailed as exc:  # the API refused (auth, quota, ...): as run says it
-            _fail(_with_advice(str(exc), exc.error_type), EXIT_ABORTED, secret)
-        except ChatbatchError as exc:
-            _fail(str(exc), EXIT_ABORTED, secret)
-        except KeyboardInterrupt:
-            _fail("interrupted", EXIT_INTERRUPTED, secret)
-        except Exception as exc:  # the CLI boundary: never show a traceback that could hold secrets
-            _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, secret)
-        sys.exit(_show_batch_result(name, result, as_json, job.quiet, empty))
+            result = _run_batch_action(job, action, purpose, resume["fresh"], kwargs, secrets)
+        sys.exit(_show_batch_result(name, result, as_json, job.quiet, empty, secrets))
 
     extra = {option.name for option in options}
     for option in reversed(options):
@@ -306,7 +287,7 @@ def _batch_command(name: str, help_text: str, action, *, purpose: str, empty: st
     batch.command(name=name, help=help_text)(command)
 
 
-def _run_batch_action(job, action, purpose: str, fresh: bool, kwargs: dict):
+def _run_batch_action(job, action, purpose: str, fresh: bool, kwargs: dict, secrets: list[str]):
     """Open the job's state as ``purpose`` says, run ``action`` with an HTTP client, close the state."""
     if purpose == INSPECT:
         state = store = batch_mode.open_batches(job)
@@ -314,7 +295,7 @@ def _run_batch_action(job, action, purpose: str, fresh: bool, kwargs: dict):
         state = prepare(job, fresh=fresh, purpose=purpose)
         store = state.store
         for warning in state.warnings:
-            click.echo(f"chatbatch: warning: {warning}", err=True)
+            click.echo(redact(f"chatbatch: warning: {warning}", secrets), err=True)
     try:
         return asyncio.run(_with_http(action, job, state, **kwargs))
     finally:
@@ -329,12 +310,12 @@ async def _with_http(action, job, state, **kwargs):
         return await action(job, state, http, **kwargs)
 
 
-def _show_batch_result(name: str, result, as_json: bool, quiet: bool, empty: str) -> int:
-    """Print a batch command's result; return its exit code (see the module docstring)."""
+def _show_batch_result(name: str, result, as_json: bool, quiet: bool, empty: str, secrets: list[str]) -> int:
+    """Print a batch command's result (redacted); return its exit code (see the module docstring)."""
     if isinstance(result, RunReport):
-        return _show_collected(result, as_json, quiet)
+        return _show_collected(result, as_json, quiet, secrets)
     for text in [json.dumps(result, indent=2)] if as_json else map(_batch_line, result):
-        click.echo(text)
+        click.echo(redact(text, secrets))
     if not result:
         click.echo(f"chatbatch: {empty}", err=True)
     if name == "cancel":
@@ -361,16 +342,16 @@ def _batch_line(item: dict) -> str:
     return "  ".join(parts)
 
 
-def _show_collected(report: RunReport, as_json: bool, quiet: bool) -> int:
+def _show_collected(report: RunReport, as_json: bool, quiet: bool, secrets: list[str]) -> int:
     summary = report.summary
     for batch_id, errors in (summary.get("batch_errors") or {}).items():
-        click.echo(f"chatbatch: batch {batch_id} failed: {errors}", err=True)
+        click.echo(redact(f"chatbatch: batch {batch_id} failed: {errors}", secrets), err=True)
     if summary.get("rows_unfinished"):
         click.echo(f"chatbatch: {summary['rows_unfinished']:,} rows have no final answer yet (their batch "
                    "expired, was cancelled or failed, or the reply was invalid and is to be retried; see "
                    "error_type): 'chatbatch batch submit' or 'chatbatch run' sends them again", err=True)
     if not quiet:
-        click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+        click.echo(redact(json.dumps(summary, indent=2) if as_json else format_summary(summary), secrets))
         click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
     return report.exit_code
 
@@ -413,20 +394,20 @@ def summary(output: Path, as_json: bool) -> None:
     try:
         data = read_summary(output)
     except JobError as exc:
-        _fail(str(exc), EXIT_BAD_JOB, None)
+        _fail(str(exc), EXIT_BAD_JOB, [])
     click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
 
 
-def _run(job, fresh: bool, retry_errors: bool):
+def _run(job, fresh: bool, retry_errors: bool, secrets: list[str]):
     grace_s = _grace_s()
     prepared = prepare(job, fresh=fresh, retry_errors=retry_errors)
     mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
     stamp = f"{timestamp(time.time())} " if mode == "log" else ""  # cron: every log line is timestamped
     for warning in prepared.warnings:
-        click.echo(f"{stamp}chatbatch: warning: {warning}", err=True)
+        click.echo(redact(f"{stamp}chatbatch: warning: {warning}", secrets), err=True)
     for note in prepared.notes:
         if not job.quiet:
-            click.echo(f"{stamp}chatbatch: {note}", err=True)
+            click.echo(redact(f"{stamp}chatbatch: {note}", secrets), err=True)
     return asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
                                retry_errors=retry_errors, grace_s=grace_s))
 
@@ -439,6 +420,45 @@ def _grace_s() -> float:
         raise JobError(f"{GRACE_ENV} must be a number of seconds, got {value!r}") from None
 
 
-def _fail(message: str, code: int, secret: str | None) -> None:
-    click.echo(f"chatbatch: error: {redact(message, secret)}", err=True)
+KEY_VARIABLES = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")
+URL_VARIABLES = ("OPENAI_BASE_URL", "AZURE_OPENAI_ENDPOINT", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+                 "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def known_secrets(env: Mapping[str, str], flags: Mapping[str, Any]) -> list[str]:
+    """Every key and URL credential the run may use, known before the job is built.
+
+    The job's own (``job.endpoint.secrets``: the key ``api_key_env`` names in the job file, ...) are
+    added once it is built; redacting a key that turns out unused costs nothing.
+    """
+    keys = [flags.get("api_key"), *(env.get(name) for name in KEY_VARIABLES)]
+    if flags.get("api_key_env"):
+        keys.append(env.get(flags["api_key_env"]))
+    urls = [flags.get("base_url"), *(env.get(name) for name in URL_VARIABLES)]
+    return [k for k in keys if k] + [s for url in urls for s in url_secrets(url)]
+
+
+@contextmanager
+def _reported(secrets: list[str], interrupted: str) -> Iterator[None]:
+    """The CLI boundary: every failure becomes one redacted line on stderr and its exit code."""
+    try:
+        yield
+    except JobError as exc:
+        _fail(str(exc), EXIT_BAD_JOB, secrets)
+    except KeyboardInterrupt:
+        _fail(interrupted, EXIT_INTERRUPTED, secrets)
+    except RequestFailed as exc:  # the API refused (auth, quota, ...): said as run says it
+        _fail(_with_advice(str(exc), exc.error_type), EXIT_ABORTED, secrets)
+    except OutputError as exc:
+        _fail(f"{exc}\n  The run stopped; rows finished before the stop are kept in the job's journal "
+              "(the state folder). Fix the cause (e.g. free disk space) and run the same command again: "
+              "finished rows will not be sent again.", EXIT_INTERNAL, secrets)
+    except ChatbatchError as exc:
+        _fail(str(exc), EXIT_ABORTED, secrets)
+    except (Exception, asyncio.CancelledError) as exc:  # the last resort: never a traceback (secrets)
+        _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, secrets)
+
+
+def _fail(message: str, code: int, secrets: list[str]) -> None:
+    click.echo(f"chatbatch: error: {redact(message, secrets)}", err=True)
     sys.exit(code)

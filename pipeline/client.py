@@ -10,7 +10,8 @@ The ``httpx.AsyncClient`` is injected: :func:`pipeline.transport.make_http_clien
 production one, and unit tests pass one built on ``httpx.MockTransport``. Requests are built once
 here (URL parsed once, headers fixed) and handed to ``AsyncClient.send``.
 
-Every message that reaches an error has the API key removed, whatever the server echoed.
+Every message that reaches an error has the endpoint's secrets (the API key, credentials in the
+URL) removed — before it is cut to :data:`MAX_ERROR_CHARS` — whatever the server echoed.
 """
 
 from __future__ import annotations
@@ -27,15 +28,9 @@ from .errors import (AuthFailed, BadResponse, QuotaExhausted, RateLimited, Reque
 from .headers import rate_limit_info, retry_after_s
 from .jobspec import Endpoint
 from .records import Completion, Usage
+from .redaction import redact, redact_cut
 
 MAX_ERROR_CHARS = 500
-
-
-def redact(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced."""
-    if secret and len(secret) >= 4 and secret in text:
-        return text.replace(secret, "[redacted]")
-    return text
 
 
 class ChatClient:
@@ -46,7 +41,7 @@ class ChatClient:
         self._url = httpx.URL(endpoint.url)
         self._headers = httpx.Headers(endpoint.headers())
         self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
-        self._secret = endpoint.api_key
+        self._secrets = endpoint.secrets
         self._timeout_s = timeout_s
 
     async def complete(self, body: bytes) -> Completion:
@@ -56,30 +51,31 @@ class ChatClient:
                                         extensions=self._extensions)
                 response = await self._http.send(request)
         except (TimeoutError, httpx.TransportError) as exc:
-            raise transport_failure(exc, self._secret, self._timeout_s) from exc
+            raise transport_failure(exc, self._secrets, self._timeout_s) from exc
         info = rate_limit_info(response.headers)
         if response.status_code == 200:
             try:
-                completion = parse_completion(response.content)
+                completion = parse_completion(response.content, self._secrets)
             except RequestFailed as exc:
                 exc.rate_info = info
                 raise
             return replace(completion, rate_info=info) if info else completion
-        failure = http_failure(response, self._secret)
+        failure = http_failure(response, self._secrets)
         failure.rate_info = info
         raise failure
 
 
-def http_failure(response: httpx.Response, secret: str | None, *, context: str = "",
+def http_failure(response: httpx.Response, secrets: Collection[str], *, context: str = "",
                  final: Collection[int] = ()) -> RequestFailed:
-    """The error for an HTTP error ``response`` (chat, files and batches alike), the key redacted.
+    """The error for an HTTP error ``response`` (chat, files and batches alike), ``secrets`` (the
+    endpoint's key and URL credentials) redacted before the message is cut to length.
 
     ``context`` prefixes the message (e.g. ``"POST /files: "``); statuses in ``final`` are never
     retried (a 409 on a batch cancel means the batch cannot be cancelled, not "try again").
     """
     status = response.status_code
-    kind, code, message = _error_fields(response.content)
-    message = redact(f"{context}HTTP {status}: {message}", secret)
+    kind, code, message = error_fields(response.content, secrets)
+    message = f"{context}HTTP {status}: {message}"
     wait_s = retry_after_s(response.headers)
     if status == 429:
         if "insufficient_quota" in (kind, code):
@@ -92,12 +88,12 @@ def http_failure(response: httpx.Response, secret: str | None, *, context: str =
     return RowRejected(message, http_status=status, error_type=code or kind or None)
 
 
-def transport_failure(exc: BaseException, secret: str | None, timeout_s: float, *,
+def transport_failure(exc: BaseException, secrets: Collection[str], timeout_s: float, *,
                       context: str = "") -> TransportFailure:
     """The error for a request that got no HTTP response: a timeout, or a failed connection."""
     if _is_timeout(exc):
         return TransportFailure(f"{context}no reply within {timeout_s:g}s", error_type="timeout")
-    detail = redact(str(exc) or type(exc).__name__, secret)
+    detail = redact_cut(str(exc) or type(exc).__name__, MAX_ERROR_CHARS, secrets)
     return TransportFailure(f"{context}connection failed: {detail}", error_type="connection_error")
 
 
@@ -114,8 +110,12 @@ def _is_timeout(exc: BaseException) -> bool:
     return exc.__cause__ is None or isinstance(exc.__cause__, TimeoutError)
 
 
-def _error_fields(content: bytes) -> tuple[str | None, str | None, str]:
-    """(type, code, message) from an OpenAI error body, tolerating other shapes."""
+def error_fields(content: bytes, secrets: Collection[str] = ()) -> tuple[str | None, str | None, str]:
+    """(type, code, message) from an OpenAI error body, tolerating other shapes.
+
+    ``secrets`` are redacted from all three, then the message is cut to :data:`MAX_ERROR_CHARS`
+    (in that order: a secret straddling the cut leaves no prefix behind).
+    """
     try:
         data = json.loads(content)
     except ValueError:
@@ -124,14 +124,15 @@ def _error_fields(content: bytes) -> tuple[str | None, str | None, str]:
     if isinstance(error, dict):
         kind, code = error.get("type"), error.get("code")
         message = str(error.get("message") or kind or code or "no message")
-        return (str(kind) if kind else None, str(code) if code else None, message[:MAX_ERROR_CHARS])
+        kind, code = (redact(str(kind), secrets) if kind else None), (redact(str(code), secrets) if code else None)
+        return kind, code, redact_cut(message, MAX_ERROR_CHARS, secrets)
     if isinstance(error, str):
-        return None, None, error[:MAX_ERROR_CHARS]
+        return None, None, redact_cut(error, MAX_ERROR_CHARS, secrets)
     text = content.decode("utf-8", "replace").strip()
-    return None, None, (text[:MAX_ERROR_CHARS] or "empty body")
+    return None, None, (redact_cut(text, MAX_ERROR_CHARS, secrets) or "empty body")
 
 
-def parse_completion(content: bytes) -> Completion:
+def parse_completion(content: bytes, secrets: Collection[str] = ()) -> Completion:
     """A 200 body as a Completion; BadResponse (retried) when it is not a usable completion."""
     try:
         data = json.loads(content)
@@ -139,7 +140,7 @@ def parse_completion(content: bytes) -> Completion:
         raise BadResponse("reply is not valid JSON (truncated?)", http_status=200) from exc
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
-        detail = _error_fields(content)[2] if isinstance(data, dict) and "error" in data else "no choices"
+        detail = error_fields(content, secrets)[2] if isinstance(data, dict) and "error" in data else "no choices"
         raise BadResponse(f"reply has {detail}", http_status=200)
     choices = sorted(choices, key=lambda c: c.get("index") or 0)
     messages = [c.get("message") or {} for c in choices]

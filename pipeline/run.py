@@ -51,8 +51,9 @@ from .records import RowResult, Usage, not_sent_result
 from .runner import CHUNK_ROWS, Runner, Seams
 from .cache import ResponseCache
 from .runner import Reuse
-from .sinks import SUMMARY_KEY, ParquetSink, check_output, output_schema, remove_stale_temp
-from .sinks import TableSink
+from .redaction import redact
+from .sinks import (SUMMARY_KEY, ParquetSink, TableSink, check_output, output_schema, remove_stale_temp,
+                    write_text_atomically)
 from .sources import Source, TableSource, open_source
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED
 from .state import BEGIN, TOTALS_KEY, TRANSIENT, StateStore, open_state
@@ -101,7 +102,9 @@ def fingerprint(job: Job, input_digest: str) -> dict[str, str]:
         return hashlib.blake2b(json.dumps(value, sort_keys=True).encode(), digest_size=12).hexdigest()
     return {
         "model": job.model,
-        "endpoint": f"local:{job.local_model.name if job.local_model else 'default'}" if job.local else job.endpoint.url, "parameters": digest(dict(job.params)),
+        "endpoint": (f"local:{job.local_model.name if job.local_model else 'default'}" if job.local
+                     else job.endpoint.public_url),  # never the credentials a base_url may hold
+        "parameters": digest(dict(job.params)),
         "template": digest(job.template), "system prompt": digest(job.system),
         "messages_column": str(job.messages_column), "required_columns": digest(list(job.required_columns)),
         "input content": input_digest,
@@ -157,7 +160,7 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
             check_output(job.output_path, job.overwrite or store.had_state)
             remove_stale_temp(job.output_path)
         if purpose == BEGIN:
-            store.begin()
+            store.begin(source.num_rows)
     except BaseException:
         store.close()
         raise
@@ -244,7 +247,7 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, grace_s, hand
     tally = Tally(rows_total=source.num_rows)
     schema = output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
     own_http = http is None
-    http = http or make_http_client(job.limits.concurrency, job.limits.timeout_s)
+    http = http or make_http_client(job.limits.concurrency, job.limits.timeout_s, job.endpoint.proxy)
     to_file = sink is None
     sink = sink or ParquetSink(job.output_path, schema, job.choices_per_request, job.output)
     cache = ResponseCache(job.cache_dir) if job.cache and job.cache_dir else None
@@ -286,11 +289,11 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, grace_s, hand
         exit_code = _exit_code(runner, tally)
         summary = tally.summary(elapsed_s=seams.clock() - started, earlier=earlier, extra=_run_facts(
             job, prepared, runner, started_at, exit_code))
-        text = to_json(summary)
+        text = redact(to_json(summary), job.endpoint.secrets)
         sink.commit({SUMMARY_KEY: text.encode()})
         summary_path = job.output_path.with_name(job.output_path.name + ".summary.json") if to_file else None
         if summary_path is not None:
-            _write_atomically(summary_path, text)
+            _write_summary(summary_path, text)
     except BaseException:
         sink.discard()
         raise
@@ -337,10 +340,10 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
         "exit_code": exit_code, "prices": "batch", "prices_as_of": prepared.prices.as_of,
         "state_dir": str(store.directory), "rows_unfinished": unfinished, "chatbatch_version": __version__,
         **extra})
-    text = to_json(summary)
+    text = redact(to_json(summary), job.endpoint.secrets)
     sink.commit({SUMMARY_KEY: text.encode()})
     summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
-    _write_atomically(summary_path, text)
+    _write_summary(summary_path, text)
     store.set_meta({"complete": "false" if unfinished else "true"})
     return RunReport(summary, exit_code, job.output_path, summary_path, prepared.warnings)
 
@@ -457,13 +460,10 @@ def _install_signals(switch: StopSwitch) -> Callable[[], None]:
     return undo
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write_summary(path: Path, text: str) -> None:
     try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+        write_text_atomically(path, text + "\n")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc}") from exc
 
 

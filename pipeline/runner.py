@@ -37,7 +37,7 @@ no row's fault (the journal cannot be written) stops the run the same way.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Awaitable
@@ -46,7 +46,6 @@ import pyarrow as pa
 
 from .cache import ResponseCache, request_digest
 from .client import ChatClient
-from .client import redact
 from .errors import (ChatbatchError, CostCapReached, InvalidOutput, NotSent, OutputError, RateLimited,
                      RequestFailed)
 from .failfast import FailFast
@@ -54,13 +53,14 @@ from .jobspec import Job
 from .pricing import PriceTable
 from .prompts import RowRenderer
 from .ratelimit import RateBudget
+from .redaction import redact_cut
 from .records import (STATUS_ERROR, STATUS_OK, STATUS_REFUSED, Completion, RowResult, not_sent_result,
                       reused_result)
 from .retry import call_with_retries
 from .sinks import ParquetSink, check_fields
 from .sources import Source
 from .spend import SpendCap
-from .state import StateStore, journaled
+from .state import StateError, StateStore, journaled
 from .structured import LABEL_FIELD, Validator, label_confidence
 from .summary import Tally
 from .tokens import TokenCounter
@@ -119,17 +119,17 @@ class Runner:
         self.cap = cap
         self.counter = counter
         self.stop_reason: str | None = None
-        self.fatal: RequestFailed | CostCapReached | None = None
+        self.fatal: RequestFailed | CostCapReached | StateError | None = None
         self._stop = asyncio.Event()
         self._workers: list[asyncio.Task] = []
         self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
         self._busy: set[asyncio.Task] = set()  # workers handling a row (a second stop cancels them)
         self._cancelled: dict[asyncio.Task, bool] = {}  # workers we cancelled on purpose -> in flight?
         self._followers: dict[bytes, list[tuple[PendingBatch, int]]] = {}  # in-flight digest -> waiting rows
-        self.fail_fast = FailFast(str(job.endpoint.url))
+        self.fail_fast = FailFast(job.endpoint.public_url)
         self.error: ChatbatchError | None = None  # what stopped the run and is raised when it ends
         self.finished = False
-        self._url = str(job.endpoint.url)
+        self._url = job.endpoint.public_url  # request digests never depend on credentials
         self._renderer = RowRenderer.for_job(job, counter)
         self._validator = Validator(job.output) if job.output else None
 
@@ -185,6 +185,11 @@ class Runner:
             await asyncio.gather(*self._workers)
             await window.put(None)
             await writer
+            if self.reuse.store is not None:
+                try:
+                    await self.reuse.store.committed()  # the last group commit, which no worker awaited
+                except StateError as exc:
+                    self._journal_failed(exc)
         finally:
             self.finished = True
             for task in (*self._workers, writer):
@@ -231,7 +236,7 @@ class Runner:
 
     def _internal_error(self, exc: Exception, doing: str) -> RowResult:
         """A row's result for an unexpected exception (a bug): the row fails, the run goes on."""
-        return internal_error_result(exc, doing, self.job.endpoint.api_key)
+        return internal_error_result(exc, doing, self.job.endpoint.secrets)
 
     def _journaled(self, pending: PendingBatch) -> dict[int, RowResult]:
         store = self.reuse.store
@@ -413,6 +418,9 @@ class Runner:
             if not self.stopping:
                 self.request_stop(exc.message)
             return _failed(exc, exc.attempts or 1, latency[0])
+        except StateError as exc:  # the journal cannot be written: send nothing more
+            self._journal_failed(exc)
+            return not_sent_result(self._not_sent_reason())
         if outcome.value is not None:
             if self.job.local and self.counter is not None:  # what the API would have billed
                 self.tally.api_prompt_tokens += prompt_tokens or 0
@@ -437,6 +445,12 @@ class Runner:
     def _deliver(self, pending: PendingBatch, index: int, result: RowResult, resumed: bool = False) -> None:
         self.tally.add(result, resumed=resumed)
         pending.deliver(index, result)
+
+    def _journal_failed(self, exc: StateError) -> None:
+        """A commit failed: stop the run as for a fatal reply (the output still gets every row)."""
+        self.fatal = self.fatal or exc
+        if not self.stopping:
+            self.request_stop(str(exc))
 
     def _not_sent_reason(self) -> str:
         return f"not sent: the run stopped ({self.stop_reason})"
@@ -498,11 +512,11 @@ def _output_error(exc: Exception) -> OutputError:
     return error
 
 
-def internal_error_result(exc: BaseException, doing: str, secret: str | None) -> RowResult:
+def internal_error_result(exc: BaseException, doing: str, secrets: Iterable[str]) -> RowResult:
     """The result of a row whose handling raised an unexpected exception (a bug, to be reported)."""
-    message = redact(f"internal error while {doing}: {type(exc).__name__}: {exc}", secret)
-    return RowResult(status=STATUS_ERROR, error_type="internal_error",
-                     error_message=message[:MAX_INTERNAL_ERROR_CHARS])
+    message = redact_cut(f"internal error while {doing}: {type(exc).__name__}: {exc}", MAX_INTERNAL_ERROR_CHARS,
+                         secrets)
+    return RowResult(status=STATUS_ERROR, error_type="internal_error", error_message=message)
 
 
 def _failed(failure: RequestFailed, attempts: int, latency_s: float | None) -> RowResult:

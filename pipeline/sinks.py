@@ -5,9 +5,13 @@ followed by the result columns of :data:`RESULT_COLUMNS` (with ``replies``/``fin
 columns when ``n > 1``). The schema is fixed up front, so integer columns stay integers even when
 every row failed.
 
-Rows are written batch by batch to ``<output>.tmp-<pid>`` in the same folder, and renamed into place
-only when the run has written every row: an interrupted run never leaves a half-written file where
-the user expects output, and an existing output is only replaced when overwriting was asked for.
+Rows are written batch by batch to ``.<output>.tmp-<pid>-<random>`` in the same folder — created
+exclusively (``O_EXCL``: never an existing file, nor a link planted there), with the permissions the
+umask gives any new file — and renamed into place only when the run has written every row: an
+interrupted run never leaves a half-written file where the user expects output, and an existing
+output is only replaced when overwriting was asked for. :func:`write_text_atomically` does the same
+for the summary. Before the rename the file is fsynced, after it the folder: once the run reports
+the output written, a power loss cannot take it back or leave it half-written.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -169,12 +174,13 @@ class ParquetSink:
         self.choices = choices
         self.spec = spec
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        self.tmp_path, self._fd = create_temp(path)
+        self._file = open(self._fd, "wb", closefd=False)
         # The Arrow schema is stored so that every input column reads back with its exact type
         # (time zone, dictionary, large_string, ...). It holds the schema's metadata as of when it
         # is written, so commit() writes it again with the summary in it: pq.read_schema,
         # pq.read_table and pq.read_metadata then all show the summary.
-        self._writer = pq.ParquetWriter(self.tmp_path, schema, compression="zstd", store_schema=True)
+        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd", store_schema=True)
         self.rows_written = 0
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
@@ -211,7 +217,9 @@ class ParquetSink:
             self._writer.add_key_value_metadata(
                 {**final.metadata, ARROW_SCHEMA_KEY: base64.b64encode(final.serialize().to_pybytes())})
             self._writer.close()
-            os.replace(self.tmp_path, self.path)
+            self._file.close()
+            fd, self._fd = self._fd, -1
+            commit_temp(fd, self.tmp_path, self.path)
         except (OSError, pa.ArrowException) as exc:
             raise OutputError(f"cannot write the output {self.path}: {exc}") from exc
 
@@ -219,9 +227,13 @@ class ParquetSink:
         """Remove the temporary file; a writer that already failed (disk full) cannot hide the reason."""
         try:
             self._writer.close()
+            self._file.close()
         except (OSError, pa.ArrowException):
             pass  # the file is removed anyway; the error that led here is the one to report
         finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
             self.tmp_path.unlink(missing_ok=True)
 
 
@@ -254,10 +266,47 @@ class TableSink:
         self._batches = []
 
 
+def create_temp(path: Path) -> tuple[Path, int]:
+    """A new, empty temporary file beside ``path``, created exclusively: (its path, a descriptor)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue  # a name left by an earlier process with our pid: draw another
+
+
+def commit_temp(fd: int, tmp: Path, path: Path) -> None:
+    """fsync and close ``fd`` (the file at ``tmp``), rename ``tmp`` to ``path``, fsync the folder."""
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through an exclusive temporary file, durably (see the module)."""
+    tmp, fd = create_temp(path)
+    try:
+        with open(fd, "w", encoding="utf-8", closefd=False) as handle:
+            handle.write(text)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    commit_temp(fd, tmp, path)
+
+
 def remove_stale_temp(path: Path) -> None:
     """Remove temporary files a killed run left beside ``path`` (their process is gone)."""
     for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
+        pid = tmp.name.rsplit(".tmp-", 1)[-1].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
 

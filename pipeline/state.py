@@ -9,10 +9,19 @@ The state lives in ``<output>.state/`` beside the output (or ``state_dir``)::
 
 Every finished row is journaled *before its worker may send another request*: :meth:`record` is
 a group commit — the results that arrive in one event-loop turn are written in one transaction, and
-a worker awaits :meth:`committed` before it sends (usually already true, so it costs nothing)
-(WAL, ``synchronous=OFF``: a committed transaction survives the process being killed; only an
-operating-system crash can lose the last moments). So a run killed with SIGKILL at any moment has
-at most ``concurrency`` requests that were sent but not journaled, and a rerun re-sends only those.
+a worker awaits :meth:`committed` before it sends (usually already true, so it costs nothing). So a
+run killed with SIGKILL at any moment has at most ``concurrency`` requests that were sent but not
+journaled, and a rerun re-sends only those.
+
+Durability (WAL, ``synchronous=NORMAL``): a committed transaction survives the process being killed
+at once; the journal is never corrupted, even by a power loss, but a power loss (or an
+operating-system crash) may undo the transactions committed since the last checkpoint — SQLite
+fsyncs at each checkpoint, every :data:`CHECKPOINT_PAGES` pages of log — whose rows a rerun sends
+again. A commit that fails (disk full, I/O error) is never swallowed: :meth:`committed` raises
+:class:`StateError` from then on, naming how many answered rows are not journaled.
+
+The folder is created ``0700`` and the journal and lock ``0600`` whatever the umask
+(:mod:`pipeline.private`): the journal holds the replies.
 
 A rerun of the same job resumes: journaled rows are taken from here, the rest are sent. The
 journal holds ok rows and row errors; rows that were never sent, or that failed because the run was
@@ -51,18 +60,23 @@ import fcntl
 import json
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from .bloom import DigestFilter
 from .errors import ChatbatchError, JobError, is_transient
+from .private import private_dir, private_file
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, RowResult, result_from_json, result_to_json
 
 BEGIN, CONTINUE, INSPECT = "begin", "continue", "inspect"
 TRANSIENT = "transient"  # rows.status of a row that failed transiently: sent again on resume
 TOTALS_KEY = "job_totals"
 NOT_JOURNALED = {"not_sent", "auth_failed", "insufficient_quota", "batch_expired", "batch_cancelled", "batch_failed"}
-SEEN_BITS = 1 << 24
+JOURNAL_FILES = ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm")
+BUSY_TIMEOUT_S = 60.0  # the run's meta writes wait this long for a group commit in flight
+CHECKPOINT_PAGES = 1000  # SQLite's default wal_autocheckpoint, stated: the power-loss window
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rows(idx INTEGER PRIMARY KEY, status TEXT NOT NULL, req_hash BLOB,
@@ -81,6 +95,8 @@ CREATE TABLE IF NOT EXISTS batch_retries(idx INTEGER PRIMARY KEY, invalid INTEGE
 class StateError(ChatbatchError):
     """The state store could not be written (disk full, permissions)."""
 
+    error_type = "journal_failed"
+
 
 def journaled(result: RowResult) -> bool:
     """Whether a finished row belongs in the journal (a rerun must not send it again)."""
@@ -98,18 +114,27 @@ def journal_status(result: RowResult) -> str:
 class StateStore:
     """An opened, locked state. Use :func:`open_state`."""
 
-    def __init__(self, directory: Path, db: sqlite3.Connection, lock_fd: int, resumed: bool) -> None:
+    def __init__(self, directory: Path, db: sqlite3.Connection, writer: sqlite3.Connection, lock_fd: int,
+                 resumed: bool) -> None:
         self.directory = directory
         self.resumed = resumed  # a previous run of this same job left rows here
         self.had_state = False  # some earlier run used this state (and wrote the output there)
         self._begin: Mapping[str, str] | None = None  # fingerprint to write when the run begins
         self._reset = False
-        self._db = db
+        self._db = db  # reads, and the run's few meta and batch writes
+        self._writer = writer  # the rows' group commits, used by the journal's thread only
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="chatbatch-journal")
         self._lock_fd = lock_fd
-        self._pending: list[tuple] = []
-        self._flushed: asyncio.Future | None = None
-        self._seen = bytearray(SEEN_BITS // 8)  # a Bloom filter of ok rows' request digests
+        self._pending: list[tuple] = []  # rows for the next commit
+        self._next: asyncio.Event | None = None  # set when the next commit (pending rows, totals) is done
+        self._inflight: asyncio.Event | None = None  # set when the commit being written ends
+        self._writing: asyncio.Task | None = None
+        self._uncommitted: dict[bytes, RowResult] = {}  # ok rows recorded, not yet committed
+        self._seen = DigestFilter(0)  # journaled request digests; sized in begin()
         self._totals: Callable[[], str] | None = None  # the job's running totals, written with each commit
+        self._failure: str | None = None  # why a commit failed: sticky, raised by committed()
+        self._reported = False  # the failure was raised to someone
+        self.unsaved_rows = 0  # rows recorded whose commit failed
 
     # -- reading ----------------------------------------------------------------------------
     def rows_done(self) -> int:
@@ -134,11 +159,13 @@ class StateStore:
     def find_reply(self, req_hash: bytes) -> RowResult | None:
         """An ok result journaled for an identical request, if any.
 
-        A Bloom filter in memory (2 MiB, whatever the input's size) answers "certainly not" for
-        most requests, so unique rows cost no query.
+        A Bloom filter in memory, sized for the job's rows (:mod:`pipeline.bloom`), answers
+        "certainly not" for almost every new request, so unique rows cost no query.
         """
-        if not self._maybe_seen(req_hash):
+        if req_hash not in self._seen:
             return None
+        if req_hash in self._uncommitted:
+            return self._uncommitted[req_hash]
         row = self._db.execute("SELECT result FROM rows WHERE req_hash = ? AND status = 'ok' LIMIT 1",
                                (req_hash,)).fetchone()
         return result_from_json(row[0]) if row else None
@@ -209,93 +236,137 @@ class StateStore:
 
     # -- writing ----------------------------------------------------------------------------
     def record(self, idx: int, req_hash: bytes | None, result: RowResult) -> None:
-        """Journal a row in the next commit (group commit, on the next turn of the event loop).
+        """Journal a row in the next group commit, written by the journal's own thread.
 
         Callers that are about to send a request call :meth:`committed` first, so that nothing is
         sent while an earlier result is still uncommitted.
         """
         self._pending.append((idx, journal_status(result), req_hash, result_to_json(result)))
         if req_hash is not None and result.status == STATUS_OK:
-            self._mark_seen(req_hash)
+            self._seen.add(req_hash)
+            self._uncommitted[req_hash] = result
         self.touch()
 
     def touch(self) -> None:
-        """Commit the job's totals on the next turn even with no row to journal (a discarded reply
-        was paid); :meth:`committed` waits for it like for a row."""
-        if self._flushed is None:
-            loop = asyncio.get_running_loop()
-            self._flushed = loop.create_future()
-            loop.call_soon(self.flush)
+        """Ask for a commit (of the job's totals even with no row to journal: a discarded reply was
+        paid); :meth:`committed` waits for it like for a row."""
+        if self._next is None:
+            self._next = asyncio.Event()
+            if self._writing is None:
+                self._writing = asyncio.get_running_loop().create_task(self._drain())
 
     def track_totals(self, totals: Callable[[], str] | None) -> None:
         """Write ``totals()`` (the job's running totals, JSON) with every commit from now on."""
         self._totals = totals
 
-    def _bits(self, req_hash: bytes) -> tuple[int, int]:
-        mask = SEEN_BITS - 1
-        return int.from_bytes(req_hash[:4], "little") & mask, int.from_bytes(req_hash[4:8], "little") & mask
+    async def _drain(self) -> None:
+        """Commit what was asked for, commit after commit, off the event loop (an fsync never stalls
+        it). The totals are taken here, on the loop, with the rows they go with."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._next is not None:
+                rows, done, totals = self._pending, self._next, self._totals() if self._totals else None
+                self._pending, self._next, self._inflight = [], None, done
+                try:
+                    await loop.run_in_executor(self._executor, self._insert, rows, totals)
+                finally:
+                    for row in rows:
+                        self._uncommitted.pop(row[2], None)
+                    self._inflight = None
+                    done.set()
+        finally:
+            self._writing = None
 
-    def _mark_seen(self, req_hash: bytes) -> None:
-        for bit in self._bits(req_hash):
-            self._seen[bit >> 3] |= 1 << (bit & 7)
+    def _insert(self, rows: list[tuple], totals: str | None) -> None:
+        """One transaction of rows and the totals (in the journal's thread, on its own connection)."""
+        try:
+            with self._writer:
+                self._writer.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)", rows)
+                if totals is not None:
+                    self._writer.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TOTALS_KEY, totals))
+        except sqlite3.Error as exc:
+            self._failure = self._failure or str(exc)
+            self.unsaved_rows += len(rows)
 
-    def _maybe_seen(self, req_hash: bytes) -> bool:
-        return all(self._seen[bit >> 3] & (1 << (bit & 7)) for bit in self._bits(req_hash))
+    def load_seen(self, capacity: int = 0) -> None:
+        """Size the filter for ``capacity`` rows and fill it from the journal (earlier replies).
 
-    def load_seen(self) -> None:
-        """Fill the filter from the journal (a resumed run's earlier replies)."""
-        for (req_hash,) in self._db.execute("SELECT req_hash FROM rows WHERE status = 'ok' AND req_hash IS NOT NULL"):
-            self._mark_seen(req_hash)
+        Reads the digests from their index alone (error rows' too: a "maybe" for them costs one
+        query, never a wrong answer).
+        """
+        self._seen = DigestFilter(max(capacity, self.rows_done()))
+        self._seen.add_all(digest for (digest,) in self._db.execute(
+            "SELECT req_hash FROM rows INDEXED BY rows_by_request WHERE req_hash IS NOT NULL"))
 
     async def committed(self) -> None:
-        """Return once every recorded row is committed (at once when none is waiting)."""
-        if self._flushed is not None:
-            await asyncio.shield(self._flushed)
+        """Return once every row recorded so far is committed (at once when none is waiting).
+
+        Raises :class:`StateError` when any commit of this run failed: its rows are not journaled.
+        """
+        latest = self._next or self._inflight
+        if latest is not None:
+            await latest.wait()  # batches commit in order: the latest done means all are
+        if self._failure is not None:
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`StateError` if a commit failed (its rows are not in the journal)."""
+        if self._failure is not None:
+            self._reported = True
+            raise StateError(f"cannot write the resume journal in {self.directory} ({self._failure}): "
+                             f"{self.unsaved_rows:,} answered rows are not journaled, so a rerun would "
+                             "send them again; they are in the output")
 
     def flush(self) -> None:
-        pending, flushed = self._pending, self._flushed
-        self._pending, self._flushed = [], None
-        try:
-            if pending or flushed is not None:
-                with self._db:
-                    self._db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?)", pending)
-                    if self._totals is not None:
-                        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (TOTALS_KEY, self._totals()))
-        except sqlite3.Error as exc:
-            error = StateError(f"cannot write the resume journal in {self.directory}: {exc}")
-            if flushed is not None and not flushed.done():
-                flushed.set_exception(error)
-                flushed.exception()  # retrieved here too, so an unawaited batch logs nothing
-                return
-            raise error from exc
-        if flushed is not None and not flushed.done():
-            flushed.set_result(None)
+        """Commit what is pending now, in this thread (closing, or outside an event loop)."""
+        self._executor.shutdown(wait=True)  # a commit in flight ends first
+        rows, self._pending = self._pending, []
+        if rows or self._next is not None:
+            self._insert(rows, self._totals() if self._totals else None)
+        self._uncommitted.clear()
+        for event in (self._next, self._inflight):
+            if event is not None:
+                event.set()
+        self._next = self._inflight = None
+        if not self._reported:
+            self.check()
 
-    def begin(self) -> None:
+    def begin(self, expected_rows: int = 0) -> None:
         """Commit to this run: clear a stale or discarded journal and record the fingerprint.
 
-        Separate from :func:`open_state` so that a job refused by a later check leaves the state
-        as it was.
+        ``expected_rows`` (the input's rows) sizes the filter of journaled requests. Separate from
+        :func:`open_state` so that a job refused by a later check leaves the state as it was.
         """
         if self._reset:
-            with self._db:
-                self._db.execute("DELETE FROM rows")
-                self._db.execute("DELETE FROM meta")
-                self._db.execute("DELETE FROM batches")
-                self._db.execute("DELETE FROM batch_retries")
-        else:
-            self.load_seen()
+            try:
+                with self._db:
+                    self._db.execute("DELETE FROM rows")
+                    self._db.execute("DELETE FROM meta")
+                    self._db.execute("DELETE FROM batches")
+                    self._db.execute("DELETE FROM batch_retries")
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write the resume journal in {self.directory}: {exc}") from exc
+        self.load_seen(expected_rows)
         if self._begin is not None:
             self.set_meta({"fingerprint": json.dumps(dict(self._begin), sort_keys=True), "complete": "false"})
 
     def set_meta(self, values: Mapping[str, str]) -> None:
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+
+    def _write(self, statement: str, rows: list[tuple]) -> None:
+        """One transaction now; StateError when it fails."""
+        try:
+            with self._db:
+                self._db.executemany(statement, rows)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot write the resume journal in {self.directory}: {exc}") from exc
 
     def close(self) -> None:
+        """Commit what is pending and release the state (StateError: a failure not yet reported)."""
         try:
             self.flush()
         finally:
+            self._writer.close()
             self._db.close()
             os.close(self._lock_fd)
 
@@ -308,19 +379,19 @@ def open_state(directory: Path, fingerprint: Mapping[str, str] | None, *, fresh:
     docstring for the purposes).
     """
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         lock_fd = _lock(directory / "lock")
     except OSError as exc:
         raise JobError(f"cannot use the state folder {directory}: {exc.strerror}") from exc
     try:
-        db = sqlite3.connect(directory / "journal.sqlite", isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=OFF")
+        for name in JOURNAL_FILES:  # SQLite gives its -wal and -shm files the journal's mode
+            if name == JOURNAL_FILES[0] or (directory / name).exists():
+                private_file(directory / name)
+        db = _connect(directory / "journal.sqlite")
         db.executescript(_SCHEMA)
         if "errors" not in {row[1] for row in db.execute("PRAGMA table_info(batches)")}:
             db.execute("ALTER TABLE batches ADD COLUMN errors TEXT")  # a state from before the column
-        db.isolation_level = ""  # "with db:" now wraps each batch in one transaction
-        store = StateStore(directory, db, lock_fd, resumed=False)
+        store = StateStore(directory, db, _connect(directory / "journal.sqlite"), lock_fd, resumed=False)
         previous = json.loads(store.meta("fingerprint") or "null")
         if purpose == INSPECT:
             return store
@@ -341,6 +412,9 @@ def open_state(directory: Path, fingerprint: Mapping[str, str] | None, *, fresh:
         store.resumed = previous is not None and not store._reset
         store.had_state = previous is not None
         return store
+    except OSError as exc:
+        os.close(lock_fd)
+        raise JobError(f"cannot use the state folder {directory}: {exc.strerror}") from exc
     except sqlite3.Error as exc:
         os.close(lock_fd)
         raise JobError(f"the state in {directory} is unreadable ({exc}); remove the folder or pass --fresh") from exc
@@ -374,15 +448,29 @@ def _check_no_open_batches(store: StateStore, fresh: bool) -> None:
                    "'collect', or 'cancel' them and then 'collect', before submitting or running it again")
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection to the journal: WAL, synchronous=NORMAL, "with db:" is one transaction."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_PAGES}")
+    db.isolation_level = ""
+    return db
+
+
 def _lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise JobError(f"another chatbatch run (pid {holder}) is using the state in {path.parent}; "
                        "wait for it to finish, or stop it, before running this job again") from None
+    except OSError:
+        os.close(fd)
+        raise
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd

