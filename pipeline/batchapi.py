@@ -35,7 +35,8 @@ class BatchClient:
     def __init__(self, http: httpx.AsyncClient, endpoint: Endpoint, retry: RetrySettings,
                  sleep: Callable[[float], Awaitable[Any]], random: Callable[[], float]) -> None:
         self._http = http
-        self._base = endpoint.url.rsplit("/chat/completions", 1)[0]
+        base, _, query = endpoint.url.partition("?")  # a query in base_url (?api-key=...) goes on every call
+        self._base, self._query = base.rsplit("/chat/completions", 1)[0], f"?{query}" if query else ""
         self._headers = {k: v for k, v in endpoint.headers().items() if k != "Content-Type"}
         self._secrets = endpoint.secrets
         self._retry, self._sleep, self._random = retry, sleep, random
@@ -64,7 +65,7 @@ class BatchClient:
 
         async def attempt() -> Any:
             try:
-                response = await self._http.request(method, self._base + path, headers=self._headers,
+                response = await self._http.request(method, self._base + path + self._query, headers=self._headers,
                                                     timeout=TIMEOUT_S, **kwargs)
             except (TimeoutError, httpx.TransportError) as exc:
                 raise transport_failure(exc, self._secrets, TIMEOUT_S, context=context) from exc

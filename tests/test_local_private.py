@@ -26,6 +26,7 @@ def server_of(pid: int) -> int | None:
     return int(out.stdout.split()[0]) if out.stdout.split() else None
 
 
+@pytest.mark.timeout(600)  # the real model, on a shared machine
 def test_local_server_environment_holds_no_keys_and_its_folders_are_private(tmp_path):
     model = default_model(Path.home() / ".cache" / "chatbatch")  # assembled once, shared by the tests
     inp = tmp_path / "reviews.csv"

@@ -116,6 +116,12 @@ def test_credentials_in_base_url_are_neither_stored_nor_printed(cli, fake, tmp_p
     assert fingerprint["endpoint"] == fake.base_url + "/chat/completions"
     assert "QUERYSECRET" not in everything_written(tmp_path) + proc.stdout + proc.stderr
 
+    batch_args = ["--input", inp, "--output", tmp_path / "batch.parquet", "--template", "{text}", "--model",
+                  "gpt-4o-mini", "--base-url", base_url, "--json"]
+    submitted = cli.run("batch", "submit", *batch_args)
+    assert submitted.returncode == 0, submitted.stderr
+    assert "QUERYSECRET" not in everything_written(tmp_path) + submitted.stdout + submitted.stderr
+
     bad = cli.run("estimate", "--input", inp, "--template", "{text}", "--model", "gpt-4o-mini",
                   "--base-url", "ftp://me:PASSWORD-42@example.invalid/v1")
     assert bad.returncode == 2 and "ftp://example.invalid/v1" in bad.stderr
