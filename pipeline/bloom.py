@@ -55,7 +55,7 @@ class DigestFilter:
         array = np.frombuffer(self._array, dtype=np.uint8)
         chunk: list[bytes] = []
         for digest in digests:
-            chunk.append(digest[:16].ljust(16, b"\0"))  # as add() reads a shorter one
+            chunk.append(digest if len(digest) == 16 else digest[:16].ljust(16, b"\0"))  # as add() reads it
             if len(chunk) >= LOAD_CHUNK:
                 self._add_chunk(array, chunk)
                 chunk = []
