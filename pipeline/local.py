@@ -158,10 +158,11 @@ def _tail(path: Path) -> str:
 
 
 @contextmanager
-def local_job(job, env: Mapping[str, str], secrets: Iterable[str] = ()) -> Iterator:
+def local_job(job, env: Mapping[str, str] | None = None, secrets: Iterable[str] = ()) -> Iterator:
     """``job`` pointed at a local server running its model; the server stops when the block ends.
 
-    The server runs in ``env`` with every secret removed (:func:`server_environment`). Its replies
+    The server runs in ``env`` (default: this process's environment, for the Python API) with every
+    secret removed (:func:`server_environment`). Its replies
     cost $0 (the runner prices nothing on a local model); requests go one at a time.
     """
     from dataclasses import replace
@@ -174,7 +175,7 @@ def local_job(job, env: Mapping[str, str], secrets: Iterable[str] = ()) -> Itera
     if job.output is not None and job.output.mode == "json_schema":
         # llama.cpp's server takes the schema inside json_object (and enforces it by grammar)
         params["response_format"] = {"type": "json_object", "schema": dict(job.output.schema)}
-    server_env = server_environment(env, [*secrets, *job.endpoint.secrets])
+    server_env = server_environment(os.environ if env is None else env, [*secrets, *job.endpoint.secrets])
     with local_server(model_path, log_path, job.local_threads, env=server_env) as base_url:
         yield replace(
             job, endpoint=Endpoint(url=base_url + "/chat/completions"), params=params,
