@@ -88,6 +88,12 @@ class PendingBatch:
         if self.remaining == 0:
             self.done.set()
 
+    def deliver_rest(self, result: RowResult) -> None:
+        """``result`` for every row still waiting."""
+        self.results = [result if r is None else r for r in self.results]
+        self.remaining = 0
+        self.done.set()
+
 
 @dataclass(frozen=True, slots=True)
 class Seams:
@@ -205,6 +211,9 @@ class Runner:
             start += batch.num_rows
             await window.put(pending)
             done = self._journaled(pending)
+            if self.stopping and not done:  # the whole batch unsent: settle it at once (a stop on a
+                self._deliver_unsent(pending)  # large input must not cost seconds per 100k rows)
+                continue
             for index, item in enumerate(self._render(batch)):
                 if index in done:
                     self._deliver(pending, index, done[index], resumed=True)
@@ -451,6 +460,12 @@ class Runner:
         self.fatal = self.fatal or exc
         if not self.stopping:
             self.request_stop(str(exc))
+
+    def _deliver_unsent(self, pending: PendingBatch) -> None:
+        """Every row of ``pending`` not sent because the run stopped: one result, counted in bulk."""
+        result = not_sent_result(self._not_sent_reason())
+        self.tally.add_many(result, pending.remaining)
+        pending.deliver_rest(result)
 
     def _not_sent_reason(self) -> str:
         return f"not sent: the run stopped ({self.stop_reason})"

@@ -124,6 +124,8 @@ def check_fields(spec, fields: Sequence) -> None:
 
 def result_arrays(results: Sequence[RowResult], choices: int, spec=None) -> list[pa.Array]:
     """One array per result column, in :func:`result_fields` order."""
+    if len(results) > 1 and all(r is results[0] for r in results):  # one result for every row: the
+        return [pa.repeat(a[0], len(results)) for a in result_arrays(results[:1], choices, spec)]  # rest of a stopped run
     arrays = _base_arrays(results, choices)
     for position, (_, dtype) in enumerate(structured_columns(spec)):
         values = [r.fields[position] if r.fields is not None and position < len(r.fields) else None

@@ -181,6 +181,16 @@ class Tally:
             model.cost_usd += result.cost_usd
             self.cost_known_usd += result.cost_usd
 
+    def add_many(self, result: RowResult, count: int) -> None:
+        """Count ``count`` rows with the same result, one that carries no reply (not sent, skipped)."""
+        if result.completion is not None or result.attempts:
+            raise ValueError("add_many counts rows without a reply or attempts only")
+        self.statuses[result.status] += count
+        if result.error_type and result.status == STATUS_ERROR:
+            self.error_types[result.error_type] += count
+        if result.cached:
+            self.cached += count
+
     def spend(self, elapsed_s: float) -> Spend:
         """This run's spend."""
         return Spend(1, elapsed_s, self.requests_sent, self.retries, self.rate_limited, self.refusals,

@@ -207,3 +207,12 @@ def test_a_row_longer_than_a_read_block_is_read(tmp_path, name, monkeypatch):
                     else "".join(json.dumps({"doc": d}) + "\n" for d in docs))
     source = open_source(path)
     assert pa.Table.from_batches(list(source.batches(10))).column("doc").to_pylist() == docs
+def test_rows_sharing_one_result_are_written_like_rows_with_their_own():
+    # a stopped run settles the rest of its input with one shared not_sent result (the fast path)
+    from pipeline.records import not_sent_result
+    from pipeline.sinks import result_arrays
+    shared = not_sent_result("not sent: the run stopped (terminated (SIGTERM))")
+    fast = result_arrays([shared] * 5, 1)
+    slow = result_arrays([not_sent_result(shared.error_message) for _ in range(5)], 1)
+    assert [a.to_pylist() for a in fast] == [a.to_pylist() for a in slow]
+    assert [a.type for a in fast] == [a.type for a in slow]
