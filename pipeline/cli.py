@@ -122,7 +122,7 @@ def _schema(ctx, param, value) -> dict | str | None:
 
 _PARSERS = {"json": _json_object, "pairs": _kv_pairs, "json_pairs": _json_pairs, "labels": _labels,
             "schema": _schema, "commas": _split_commas}
-_PATHS = {"file": click.Path(dir_okay=False), "folder": click.Path(file_okay=False)}
+_PATHS = {"file": click.Path(dir_okay=False), "folder": click.Path(file_okay=False), "path": click.Path()}
 
 
 def _click_option(option: Option):
@@ -176,7 +176,10 @@ def main() -> None:
 @main.command()
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_with_run_options
-def run(job_file: Path | None, **options: Any) -> None:
+@click.option("--dask", "dask_address", metavar="ADDRESS",
+              help="Run on a Dask cluster: a scheduler address, or local:N for N local worker processes "
+                   "(needs the dask extra; input: Parquet file, glob or folder; output: a Parquet dataset folder).")
+def run(job_file: Path | None, dask_address: str | None, **options: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags win over the file's keys."""
     api_key = options.get("api_key")
     fresh, retry_errors = bool(options.pop("fresh")), bool(options.pop("retry_errors"))
@@ -185,9 +188,12 @@ def run(job_file: Path | None, **options: Any) -> None:
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
         secrets.extend(job.endpoint.secrets)
         with ExitStack() as stack:
-            if job.local:
-                job = stack.enter_context(local_job(job, os.environ, secrets))
-            report = _run(job, fresh, retry_errors, secrets)
+            if dask_address:
+                report = _run_dask(job, dask_address, fresh, retry_errors)
+            else:
+                if job.local:
+                    job = stack.enter_context(local_job(job, os.environ, secrets))
+                report = _run(job, fresh, retry_errors, secrets)
     summary = report.summary
     if not job.quiet:
         click.echo(redact(format_summary(summary), secrets))
@@ -418,6 +424,16 @@ def _grace_s() -> float:
         return GRACE_S if value is None else max(float(value), 0.0)
     except ValueError:
         raise JobError(f"{GRACE_ENV} must be a number of seconds, got {value!r}") from None
+
+
+def _run_dask(job, address: str, fresh: bool, retry_errors: bool):
+    try:
+        from .dask import run_cluster
+        import distributed  # noqa: F401  (the extra's second half)
+    except ImportError as exc:
+        raise JobError(f"--dask needs the dask extra: pip install 'chatbatch[dask]' ({exc})") from exc
+    echo = None if job.quiet else (lambda line: click.echo(line, err=True))
+    return run_cluster(job, address, fresh=fresh, retry_errors=retry_errors, echo=echo)
 
 
 KEY_VARIABLES = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")

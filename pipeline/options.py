@@ -41,6 +41,7 @@ class Kind:
 STR = Kind((str,), "a string")
 FILE_PATH = Kind((str,), "a string", "file")
 FOLDER = Kind((str,), "a string", "folder")
+PATH = Kind((str,), "a string", "path")  # a file, or with --dask a folder or glob
 INT = Kind((int,), "an integer", "int")
 NUM = Kind((int, float), "a number", "float")
 BOOL = Kind((bool,), "true or false", "switch")
@@ -76,8 +77,8 @@ class Option:
 O = Option
 OPTIONS: tuple[Option, ...] = (
     # what to read, render and write
-    O("input", FILE_PATH, "Input table: .csv, .parquet or .jsonl."),
-    O("output", FILE_PATH, "Output Parquet file (default: <input>.out.parquet)."),
+    O("input", PATH, "Input table: .csv, .parquet or .jsonl (with --dask: Parquet file, glob or folder)."),
+    O("output", PATH, "Output Parquet file (default: <input>.out.parquet; with --dask a dataset folder)."),
     O("template", STR, "User prompt template; {column} inserts a column's value."),
     O("system", STR, "System prompt (may also use {column} placeholders)."),
     O("messages_column", STR, "Column holding a whole messages list (JSON) instead of a template."),

@@ -28,6 +28,11 @@ is not flooded with requests that only queue there.
 **429s** slow the whole run: :meth:`RateBudget.pause` holds back every request until the server's
 retry-after has passed, and a :class:`~pipeline.pacing.Pacer` then spaces requests at half the rate
 that was getting through, growing again with every ok reply (AIMD on the rate).
+
+**A shared budget.** Given a :class:`Lease`, the budget takes its requests and tokens from there
+instead of its own buckets: several processes (the workers of a Dask cluster, see
+:mod:`pipeline.dask`) then share one limit. 429 pauses, learned limits and token refunds are passed
+on to the lease, so a 429 in one process slows them all.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping
+from typing import Awaitable, Callable, Mapping, Protocol
 
 from aiolimiter import AsyncLimiter
 
@@ -90,6 +95,28 @@ class TokenBucket:
         self._refill()
         self.level = min(self.capacity, self.level + amount)
 
+    def drain(self, until: float) -> None:
+        """Empty the bucket, with no refill before the clock reads ``until`` (a 429's pause)."""
+        self._refill()
+        self.level = min(self.level, 0.0)
+        self._at = max(self._at, until)
+
+
+class Lease(Protocol):
+    """Where a :class:`RateBudget` takes its capacity when it shares a limit with other processes."""
+
+    async def take(self, tokens: float, sleep: Callable[[float], Awaitable[object]]) -> None:
+        """Wait (with ``sleep``) until one request and ``tokens`` tokens are granted; use them."""
+
+    def adjust(self, tokens: float) -> None:
+        """A reply's real usage differed from its reservation: give back (> 0) or charge (< 0) tokens."""
+
+    def pause(self, seconds: float) -> None:
+        """A 429: hold back every process sharing the limit for ``seconds``."""
+
+    def learned(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
+        """The limits a server stated in its headers."""
+
 
 @dataclass(slots=True)
 class Ticket:
@@ -142,6 +169,7 @@ class RateBudget:
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[object]],
         concurrency: int = 1_000_000,
+        lease: Lease | None = None,
     ) -> None:
         self.configured = (requests_per_minute, tokens_per_minute)
         self.requests_per_minute: float | None = None
@@ -160,12 +188,18 @@ class RateBudget:
         self.output_tokens: float | None = None  # running mean per choice
         self.sent_requests = 0
         self.sent_tokens = 0.0
+        self._lease = lease
         self._apply_limits()
 
     # -- limits ------------------------------------------------------------------------------
     def _apply_limits(self) -> None:
         rpm = _lowest(self.configured[0], self.server.limit_requests)
         tpm = _lowest(self.configured[1], self.server.limit_tokens)
+        if self._lease is not None:  # the lease paces; keep the limits for the in-flight cap
+            if (rpm, tpm) != (self.requests_per_minute, self.tokens_per_minute):
+                self._lease.learned(self.server.limit_requests, self.server.limit_tokens)
+            self.requests_per_minute, self.tokens_per_minute = rpm, tpm
+            return
         if rpm != self.requests_per_minute:
             self.requests_per_minute = rpm
             self._requests = bucket(rpm * SAFETY) if rpm else None
@@ -190,6 +224,8 @@ class RateBudget:
         """A 429: hold back every request for ``seconds`` from now, then pace (see module doc)."""
         self._resume_at = max(self._resume_at, self._clock() + seconds)
         self.pacer.cut()
+        if self._lease is not None:
+            self._lease.pause(seconds)
 
     async def acquire(self, prompt_tokens: int, max_output_tokens: int | None, choices: int) -> Ticket:
         """Wait until one request fits every limit; reserve it."""
@@ -211,7 +247,7 @@ class RateBudget:
 
     def _idle(self) -> bool:
         """Nothing to wait for: no limit known, no pause or pacing, room in flight (the fast path)."""
-        return (self._requests is None and self._tokens is None and self.pacer.rate is None
+        return (self._requests is None and self._tokens is None and self._lease is None and self.pacer.rate is None
                 and self.in_flight < self.concurrency and self._resume_at <= self._clock())
 
     async def _admit(self, most: float, reserve: float) -> None:
@@ -227,6 +263,8 @@ class RateBudget:
                 while (wait_s := self._tokens.wait_s(reserve)) > 0:
                     await self._sleep(wait_s)
                 self._tokens.take(reserve)
+            if self._lease is not None:
+                await self._lease.take(reserve, self._sleep)
 
     def _wait_s(self, most: float) -> float:
         now = self._clock()
@@ -251,6 +289,8 @@ class RateBudget:
         if output_tokens_per_choice is not None:
             self.output_tokens = output_tokens_per_choice if self.output_tokens is None else (
                 (1 - OUTPUT_WEIGHT) * self.output_tokens + OUTPUT_WEIGHT * output_tokens_per_choice)
+        if self._lease is not None and used_tokens is not None:
+            self._lease.adjust(ticket.tokens - used_tokens)
         if self._tokens is not None and used_tokens is not None:
             difference = ticket.tokens - used_tokens
             if difference > 0:

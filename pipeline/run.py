@@ -132,7 +132,7 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
         [*Template(job.template or "").columns, *Template(job.system or "").columns,
          *([job.messages_column] if job.messages_column else []), *job.required_columns])
     if source.columns:  # an empty file has no columns to check (and no rows to send)
-        _check_columns(job, source)
+        check_columns(job, source.columns)
     output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
     prices = load_prices(job.prices_file, job.price_overrides)
     warnings, notes = [], []
@@ -195,18 +195,18 @@ def earlier_spend(store: StateStore | None) -> Spend | None:
     return tally.spend(0.0)
 
 
-def _check_columns(job: Job, source: Source) -> None:
+def check_columns(job: Job, columns: list[str]) -> None:
     """Every column the job names exists in the input; InputError naming the first that does not."""
     if job.template is not None:
-        Template(job.template).check_columns(source.columns)
+        Template(job.template).check_columns(columns)
     if job.system is not None:
-        Template(job.system).check_columns(source.columns, what="system prompt")
+        Template(job.system).check_columns(columns, what="system prompt")
     for what, names in (("messages_column", [job.messages_column] if job.messages_column else []),
                         ("required_columns", job.required_columns)):
-        missing = [name for name in names if name not in source.columns]
+        missing = [name for name in names if name not in columns]
         if missing:
             raise InputError(f"{what} names column {missing[0]!r}, which the input lacks; "
-                             f"the input's columns are: {', '.join(source.columns)}")
+                             f"the input's columns are: {', '.join(columns)}")
 
 
 async def run_job(

@@ -52,7 +52,7 @@ from .failfast import FailFast
 from .jobspec import Job
 from .pricing import PriceTable
 from .prompts import RowRenderer
-from .ratelimit import RateBudget
+from .ratelimit import Lease, RateBudget
 from .redaction import redact_cut
 from .records import (STATUS_ERROR, STATUS_OK, STATUS_REFUSED, Completion, RowResult, not_sent_result,
                       reused_result)
@@ -117,11 +117,13 @@ class Reuse:
 class Runner:
     def __init__(self, job: Job, source: Source, sink: ParquetSink, client: ChatClient,
                  prices: PriceTable, tally: Tally, seams: Seams, reuse: Reuse = Reuse(),
-                 counter: TokenCounter | None = None, cap: SpendCap | None = None) -> None:
+                 counter: TokenCounter | None = None, cap: SpendCap | None = None,
+                 lease: Lease | None = None) -> None:
         self.job, self.source, self.sink, self.client = job, source, sink, client
         self.prices, self.tally, self.seams, self.reuse = prices, tally, seams, reuse
         self.budget = RateBudget(job.limits.requests_per_minute, job.limits.tokens_per_minute,
-                                 clock=seams.clock, sleep=self._sleep, concurrency=job.limits.concurrency)
+                                 clock=seams.clock, sleep=self._sleep, concurrency=job.limits.concurrency,
+                                 lease=lease)
         self.cap = cap
         self.counter = counter
         self.stop_reason: str | None = None

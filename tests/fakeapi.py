@@ -423,27 +423,32 @@ def openai_format_problem(body: dict, strict_schemas: bool, json_word: bool) -> 
 
 
 class Bucket:
-    """Continuously refilled token bucket: capacity per minute, starts full."""
+    """Continuously refilled token bucket: capacity per minute, starts full.
 
-    def __init__(self, capacity: int):
+    ``window_s`` (default 60) sizes the bucket: it holds ``capacity × window_s / 60`` (at least 1),
+    so a short window enforces the per-minute rate over seconds, not over a whole minute.
+    """
+
+    def __init__(self, capacity: int, window_s: float = 60.0):
         self.capacity = capacity
         self.rate = max(capacity, 1) / 60.0  # rpm=0 would never refill
-        self.level = float(capacity)
+        self.size = max(1.0, capacity * window_s / 60.0) if window_s != 60.0 else float(capacity)
+        self.level = self.size
         self.stamp = time.monotonic()
 
     def refill(self) -> None:
         now = time.monotonic()
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.level = min(self.size, self.level + (now - self.stamp) * self.rate)
         self.stamp = now
 
     def wait_for(self, cost: int) -> float:
         """Seconds until `cost` is available (0 if available now; inf if never)."""
         if cost > self.capacity:
             return math.inf
-        return max(0.0, (cost - self.level) / self.rate)
+        return max(0.0, (min(cost, self.size) - self.level) / self.rate)
 
     def until_full(self) -> float:
-        return (self.capacity - self.level) / self.rate
+        return (self.size - self.level) / self.rate
 
     def headers(self, kind: str) -> dict[str, str]:
         return {
@@ -496,6 +501,7 @@ class FakeOpenAI(FakeBatchAPI):
         self.strict_schemas = False  # 400 a strict json_schema that OpenAI's strict mode refuses
         self.json_word = False  # 400 a json_object request whose messages never say "json"
         self.echo_key_at: int | Callable[[str | None], int | None] | None = None  # see "Echoing the key"
+        self.rpm_window_s = 60.0  # the requests bucket holds rpm × this / 60 (see Bucket)
         self.port = port
         self.base_url = self.root_url = ""
         self._lock = threading.Lock()
@@ -739,8 +745,9 @@ class FakeOpenAI(FakeBatchAPI):
             self._buckets.pop(kind, None)
             return None
         bucket = self._buckets.get(kind)
-        if bucket is None or bucket.capacity != limit:
-            bucket = self._buckets[kind] = Bucket(limit)
+        window_s = self.rpm_window_s if kind == "requests" else 60.0
+        if bucket is None or bucket.capacity != limit or bucket.size != Bucket(limit, window_s).size:
+            bucket = self._buckets[kind] = Bucket(limit, window_s)
         bucket.refill()
         return bucket
 

@@ -1,0 +1,149 @@
+"""The cluster's one limiter and its leases (pipeline/clusterlimit.py), on a fake clock: no Dask here."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+
+import pytest
+
+from pipeline.clusterlimit import LEASE_TTL_S, UNLIMITED, ClusterLease, ClusterLimiter
+from pipeline.ratelimit import SAFETY, RateBudget
+
+
+class Clock:
+    """Virtual time for concurrent sleepers: time jumps to the next wake-up once every task waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list = []
+        self._order = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        wake = asyncio.get_running_loop().create_future()
+        self._order += 1
+        heapq.heappush(self._sleepers, (self.now + seconds, self._order, wake))
+        await wake
+
+    async def run(self) -> None:
+        while True:
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if self._sleepers:
+                at, _, wake = heapq.heappop(self._sleepers)
+                self.now = max(self.now, at)
+                wake.set_result(None)
+
+
+def lease_on(limiter: ClusterLimiter, clock: Clock) -> ClusterLease:
+    async def ask(method, *args):
+        return getattr(limiter, method)(*args)
+
+    return ClusterLease(ask, lambda method, *args: getattr(limiter, method)(*args), clock=clock)
+
+
+def drive(clock: Clock, leases: list[ClusterLease], seconds: float, active=lambda index, now: True) -> list[int]:
+    """Each lease takes requests as fast as it is granted them for ``seconds``; returns the counts."""
+    counts = [0] * len(leases)
+
+    async def one(index: int, lease: ClusterLease) -> None:
+        while clock.now < seconds:
+            if not active(index, clock.now):
+                await clock.sleep(0.05)
+                continue
+            await lease.take(0, clock.sleep)
+            counts[index] += 1
+            await clock.sleep(0.001)
+
+    async def main() -> None:
+        ticking = asyncio.create_task(clock.run())
+        await asyncio.gather(*(one(i, lease) for i, lease in enumerate(leases)))
+        ticking.cancel()
+    asyncio.run(main())
+    return counts
+
+
+def test_two_processes_share_one_rate():
+    clock = Clock()
+    limiter = ClusterLimiter(600, None, clock=clock)  # 10 requests a second for the whole cluster
+    counts = drive(clock, [lease_on(limiter, clock), lease_on(limiter, clock)], 20.0)
+    allowed = 10 * SAFETY * 20 + 10 + 2  # the rate over 20 s, the one-second bucket it starts with, rounding
+    assert sum(counts) <= allowed
+    assert sum(counts) >= 0.95 * 10 * SAFETY * 20
+    assert min(counts) > 0.3 * sum(counts)  # both are served
+
+
+def test_an_idle_process_leaves_its_share_to_the_others():
+    """Not a fixed split: while one process is idle, the other gets the whole rate."""
+    clock = Clock()
+    limiter = ClusterLimiter(600, None, clock=clock)
+    counts = drive(clock, [lease_on(limiter, clock), lease_on(limiter, clock)], 20.0,
+                   active=lambda index, now: index == 0)
+    assert counts[1] == 0
+    assert counts[0] >= 0.95 * 10 * SAFETY * 20
+
+
+def test_a_429_anywhere_pauses_everyone_and_halves_the_rate():
+    clock = Clock()
+    limiter = ClusterLimiter(600, None, clock=clock)
+    first, second = lease_on(limiter, clock), lease_on(limiter, clock)
+    first.pause(5.0)
+    assert limiter.lease(1, 0) == (0, 0.0, 5.0)  # nothing for anyone until the retry-after passed
+    counts = drive(clock, [second], 5.0 + 2.0)
+    assert 0.4 * 10 * 2.0 <= counts[0] <= 0.6 * 10 * 2.0 + 2  # then about half the rate
+
+
+def test_a_limit_learned_by_one_process_applies_to_all():
+    clock = Clock()
+    limiter = ClusterLimiter(None, None, clock=clock)
+    assert limiter.lease(1, 0)[0] == UNLIMITED
+    lease_on(limiter, clock).learned(120, None)  # the server said 120 rpm
+    counts = drive(clock, [lease_on(limiter, clock)], 10.0)
+    assert counts[0] <= 2 * SAFETY * 10 + 2 + 1
+
+
+def test_unused_capacity_goes_back_after_its_time():
+    clock = Clock()
+    limiter = ClusterLimiter(6000, None, clock=clock)  # 100/s: a lease holds a slice of 24
+    lease = lease_on(limiter, clock)
+    asyncio.run(lease.take(0, clock.sleep))
+    held = lease.requests
+    assert held > 5 and limiter.granted_requests == held + 1
+    level = limiter._requests.level
+    lease.give_back()
+    assert limiter.granted_requests == 1
+    assert limiter._requests.level == pytest.approx(level + held)
+    asyncio.run(lease.take(0, clock.sleep))
+    clock.now += LEASE_TTL_S + 0.01
+    asyncio.run(lease.take(0, clock.sleep))  # the stale stock went back before the new lease
+    assert limiter.granted_requests == 2 + lease.requests
+
+
+def test_tokens_are_leased_then_charged_for_what_the_reply_really_used():
+    clock = Clock()
+    limiter = ClusterLimiter(None, 60_000, clock=clock)  # 1,000 tokens a second
+    full = limiter._tokens.level
+    lease = lease_on(limiter, clock)
+    asyncio.run(lease.take(400, clock.sleep))
+    lease.adjust(-300)  # the reply used 300 more than its reservation
+    lease.give_back()
+    assert limiter._tokens.level == pytest.approx(full - 700)
+
+
+def test_rate_budget_passes_429s_and_learned_limits_to_its_lease():
+    clock = Clock()
+    limiter = ClusterLimiter(None, None, clock=clock)
+    lease = lease_on(limiter, clock)
+
+    async def main():
+        budget = RateBudget(None, None, clock=clock, sleep=clock.sleep, lease=lease)
+        ticket = await budget.acquire(10, 20, 1)
+        budget.settle(ticket, ok=True, rate_info={"limit_requests": 300.0, "remaining_requests": 299.0})
+        budget.pause(2.0)
+    asyncio.run(main())
+    assert limiter.limits == (300.0, None)
+    assert limiter.pauses == 1
+    assert limiter.lease(1, 0)[2] == pytest.approx(2.0)
