@@ -1,0 +1,143 @@
+"""A job on a Dask cluster (pipeline/dask.py): 2 worker processes against the loopback fake server,
+which enforces an RPM limit over a one-second window; output checked row by row."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+dd = pytest.importorskip("dask.dataframe")
+distributed = pytest.importorskip("distributed")
+
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.dataset as ds  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from conftest import SECRET_KEY  # noqa: E402
+from pipeline.sinks import result_fields  # noqa: E402
+
+RPM = 600  # 10 a second for the whole cluster
+FILES, ROWS_PER_FILE = 4, 20
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as local, distributed.Client(local) as client:
+        yield local, client
+
+
+def text_of(row: int) -> str:
+    if row % 17 == 3:
+        return f"row {row} [[status:500:1]]"  # fails once, then succeeds
+    if row == 10:
+        return f"row {row} [[429:1]]"  # one 429: the whole cluster pauses
+    return f"row {row}"
+
+
+def write_lake(folder) -> None:
+    folder.mkdir()
+    for part in range(FILES):
+        ids = list(range(part * ROWS_PER_FILE, (part + 1) * ROWS_PER_FILE))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": [text_of(i) for i in ids]}),
+                       folder / f"f{part}.parquet")
+
+
+def run_args(tmp_path, fake, dask: str):
+    return ("run", "--input", tmp_path / "lake", "--output", tmp_path / "out.parquet", "--template", "{text}",
+            "--model", "gpt-4o-mini", "--base-url", fake.base_url, "--rpm", RPM, "--concurrency", 4,
+            "--backoff-base", 0.05, "--dask", dask)
+
+
+def limited(fake) -> None:
+    fake.rpm, fake.rpm_window_s, fake.latency_s = RPM, 1.0, 0.05
+
+
+def check_output(tmp_path, resent: bool = False) -> None:
+    out = tmp_path / "out.parquet"
+    assert sorted(p.name for p in out.iterdir()) == [f"part.{i}.parquet" for i in range(FILES)]
+    schema = pq.read_schema(out / "part.0.parquet")
+    expected = [("id", pa.int64()), ("text", pa.string())] + [(f.name, f.type) for f in result_fields("", 1)]
+    assert [(f.name, f.type) for f in schema] == expected  # the columns and types of a local run
+    rows = sorted(ds.dataset(out).to_table().to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == list(range(FILES * ROWS_PER_FILE))
+    for row in rows:
+        assert row["text"] == text_of(row["id"])
+        assert (row["status"], row["reply"]) == ("ok", "ECHO " + text_of(row["id"]))
+        if not resent:  # (a faulty row sent again after a kill may pass at its first attempt)
+            assert row["attempts"] == (2 if "[[" in row["text"] else 1)
+        assert row["cost_usd"] > 0
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    assert (summary["rows"], summary["ok"], summary["error"], summary["partitions"]) == (80, 80, 0, FILES)
+    assert summary["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows))
+
+
+def limit_429s(fake) -> list[dict]:
+    """429s the server's own limit gave (not the one the [[429]] row asks for)."""
+    return [r for r in fake.requests if r["status"] == 429 and "[[429" not in (r["prompt"] or "")]
+
+
+def test_cli_on_a_local_cluster_of_two_stays_within_one_rate_limit(cli, fake, tmp_path):
+    limited(fake)
+    write_lake(tmp_path / "lake")
+    proc = cli.run(*run_args(tmp_path, fake, "local:2"), timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    check_output(tmp_path)
+    assert "rows in" in proc.stderr  # the one progress line for the whole job
+    # one limit for both workers: the server's own limit (10/s, a one-second bucket) was not hit
+    # (two workers each pacing at the limit would send twice that, and get 429s by the dozen)
+    assert len(limit_429s(fake)) <= 1
+    sent = sorted(r["time"] for r in fake.requests if r["status"] == 200)
+    steady = [t for t in sent if t >= sent[0] + 1.0]  # after the first second's bucket
+    assert len(steady) - 1 <= 1.05 * RPM / 60 * (steady[-1] - steady[0]) + 2
+    assert SECRET_KEY not in proc.stderr + proc.stdout
+
+
+def test_enrich_is_lazy_with_meta_from_the_job(fake, cluster):
+    from pipeline.dask import enrich
+
+    frame = pd.DataFrame({"text": [f"line {i}" for i in range(10)]}, index=range(100, 110))
+    lazy = enrich(dd.from_pandas(frame, npartitions=2), template="{text}", model="gpt-4o-mini",
+                  base_url=fake.base_url, api_key=SECRET_KEY, rpm=6000)
+    names = [f.name for f in result_fields("", 1)]
+    assert list(lazy.columns) == ["text", *names]
+    assert lazy.dtypes["status"] == pd.ArrowDtype(pa.string())
+    assert fake.requests == []  # meta from the job: nothing sent to build the graph
+    result = lazy.compute()
+    assert list(result.index) == list(range(100, 110))
+    assert list(result["reply"]) == [f"ECHO line {i}" for i in range(10)]
+    assert set(result["status"]) == {"ok"}
+
+
+def _limiter_workers(dask_scheduler) -> list[str]:
+    return [ws.address for key, task in dask_scheduler.tasks.items() if "ClusterLimiter" in str(key)
+            for ws in task.who_has]
+
+
+def test_rerun_after_killing_a_worker_sends_every_row_once(cli, fake, tmp_path, cluster):
+    local, client = cluster
+    limited(fake)
+    write_lake(tmp_path / "lake")
+    process = cli.popen(*run_args(tmp_path, fake, local.scheduler_address))
+    deadline = time.monotonic() + 120
+    while len(fake.completed()) < 25 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, process.communicate()
+    spared = set(client.run_on_scheduler(_limiter_workers))
+    pids = client.run(os.getpid)
+    victim = next(address for address in pids if address not in spared)
+    os.kill(pids[victim], signal.SIGKILL)  # mid-partition: Dask runs its partition again elsewhere
+    process.communicate(timeout=240)
+    again = cli.run(*run_args(tmp_path, fake, local.scheduler_address), timeout=240)
+    assert again.returncode == 0, again.stderr
+    check_output(tmp_path, resent=True)
+    sent = Counter(r["prompt"] for r in fake.completed())
+    assert set(sent) == {text_of(i) for i in range(80)}
+    resent = sum(count - 1 for count in sent.values())
+    assert resent <= 4  # at most the killed worker's requests in flight (concurrency 4)
