@@ -69,11 +69,11 @@ from .jobspec import Job, build_job
 from .pricing import load_prices
 from .records import RowResult
 from .run import (EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, REAL_SEAMS, RunReport,
-                  check_columns, fingerprint, state_dir, token_counter)
+                  check_columns, earlier_spend, fingerprint, state_dir, token_counter)
 from .runner import Reuse, Runner
 from .errors import OutputExistsError
 from .sinks import check_output, output_schema, result_arrays, result_fields
-from .state import open_state
+from .state import TOTALS_KEY, open_state
 from .summary import Tally, merge_summaries, to_json
 from .transport import make_http_client
 
@@ -226,6 +226,14 @@ async def _run_with_store(part: PartJob, number: int, table: pa.Table, link: Any
     runner = Runner(job, _TableSource(table), sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
                     load_prices(job.prices_file, job.price_overrides), tally, REAL_SEAMS,
                     Reuse(store=store, retry_errors=part.retry_errors, dedupe=job.dedupe), counter, lease=lease)
+    earlier = earlier_spend(store)  # what earlier runs spent on this partition: the summary is the job's
+
+    def job_totals() -> str:
+        this = tally.spend(time.monotonic() - started)
+        return (earlier.plus(this) if earlier is not None else this).to_json()
+
+    if store is not None:
+        store.track_totals(job_totals)
     reporter = asyncio.create_task(_report_every(link, number, runner))
     try:
         await runner.run()
@@ -233,7 +241,9 @@ async def _run_with_store(part: PartJob, number: int, table: pa.Table, link: Any
         reporter.cancel()
         lease.give_back()
         await http.aclose()
-    summary = tally.summary(elapsed_s=time.monotonic() - started, extra={
+        if store is not None:
+            store.set_meta({TOTALS_KEY: job_totals()})
+    summary = tally.summary(elapsed_s=time.monotonic() - started, earlier=earlier, extra={
         "requests_sent": runner.requests_sent, "stopped": runner.stop_reason,
         "stopped_by": runner.fatal.error_type if runner.fatal is not None else None})
     await link.ask("report", number, {**_counts(runner), "summary": summary})

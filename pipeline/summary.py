@@ -221,32 +221,32 @@ class Tally:
         }
 
 
-SUMMED = ("rows", "ok", "error", "skipped", "refused", "refusals", "cached_rows", "resumed_rows", *TOKEN_FIELDS,
-          "total_tokens", "cost_usd_known", "discarded_replies_cost_usd", "retries", "rate_limited_429",
-          "requests_sent")
+NOT_SUMMED = ("elapsed_s", "rows_per_s", "runs")  # a run's own figures: set by whoever merges
 
 
 def merge_summaries(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One summary for a run made of parts (Dask partitions): counts, tokens and costs summed, a
-    cost unknown if any part's is; ``stopped``/``stopped_by`` the first part's that has one."""
-    merged: dict[str, Any] = {key: sum(part.get(key) or 0 for part in parts) for key in SUMMED}
-    merged["cost_usd_known"] = float(sum(Decimal(str(part["cost_usd_known"])) for part in parts))
-    merged["cost_usd"] = (None if any(part["cost_usd"] is None for part in parts)
-                          else float(sum(Decimal(str(part["cost_usd"])) for part in parts)))
-    errors: Counter = Counter()
-    models: dict[str, dict[str, Any]] = {}
-    for part in parts:
-        errors.update(part["error_types"])
-        for name, model in part["models"].items():
-            into = models.setdefault(name, {"rows": 0, **{k: 0 for k in TOKEN_FIELDS}, "cost_usd": 0.0})
-            for key in ("rows", *TOKEN_FIELDS):
-                into[key] += model[key]
-            into["cost_usd"] = (None if into["cost_usd"] is None or model["cost_usd"] is None
-                                else float(Decimal(str(into["cost_usd"])) + Decimal(str(model["cost_usd"]))))
-    merged.update(error_types=dict(errors.most_common()), models=dict(sorted(models.items())),
-                  stopped=next((p["stopped"] for p in parts if p.get("stopped")), None),
-                  stopped_by=next((p["stopped_by"] for p in parts if p.get("stopped_by")), None))
+    """One summary for a run made of parts (Dask partitions): numbers summed (money in Decimal; an
+    unknown cost, ``null``, makes the sum unknown), nested tables merged key by key, anything else
+    (``stopped``, ``stopped_by``) the first part's that has one."""
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(key for part in parts for key in part):
+        values = [part[key] for part in parts if key in part]
+        if key in NOT_SUMMED:
+            continue
+        if all(isinstance(v, dict) for v in values):
+            merged[key] = merge_summaries(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in values) and any(
+                v is not None for v in values):
+            merged[key] = None if None in values else _add(values)
+        else:
+            merged[key] = next((v for v in values if v), values[0])
     return merged
+
+
+def _add(values: list) -> int | float:
+    if all(isinstance(v, int) for v in values):
+        return sum(values)
+    return float(sum(Decimal(str(v)) for v in values))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
