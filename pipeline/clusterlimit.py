@@ -65,6 +65,7 @@ class ClusterLimiter:
         self.spent_usd = Decimal(0)
         self.reserved_usd = Decimal(0)
         self.granted_requests = 0
+        self.leases = 0  # lease calls answered (each one a round trip from a process)
         self.pauses = 0
         self.parts: dict[Any, dict] = {}
         self.stop_reason: str | None = None
@@ -119,6 +120,7 @@ class ClusterLimiter:
         granted may be :data:`UNLIMITED`.
         """
         now = self._clock()
+        self.leases += 1
         if self._resume_at > now:
             return 0, 0.0, self._resume_at - now
         self._apply()
@@ -169,7 +171,7 @@ class ClusterLimiter:
         keys = ("rows", "rows_done", "requests", "ok", "error", "rate_limited")
         total = {key: sum(part.get(key, 0) for part in self.parts.values()) for key in keys}
         total.update(cost_usd=sum(part.get("cost_usd", 0.0) for part in self.parts.values()),
-                     parts=len(self.parts), granted_requests=self.granted_requests, pauses=self.pauses,
+                     parts=len(self.parts), granted_requests=self.granted_requests, leases=self.leases, pauses=self.pauses,
                      limits=self.limits, stopped=self.stop_reason, spent_usd=str(self.spent_usd))
         return total
 

@@ -85,6 +85,7 @@ def enrich(ddf: Any, **job_keys: Any) -> Any:
     """A lazy Dask DataFrame: ``ddf``'s columns plus the job's output columns (see module doc).
 
     Needs a ``distributed.Client`` (the current one); the limiter is started on its cluster.
+    Partitions journal their rows (and a recomputation resumes) only when ``state_dir`` is given.
     """
     from distributed import get_client
 
@@ -92,7 +93,7 @@ def enrich(ddf: Any, **job_keys: Any) -> Any:
     job = build_job(None, {**job_keys, "input": "<dask>", "output": "<dask>.parquet"}, os.environ,
                     api_key=api_key)
     check_supported(job)
-    return enrich_frame(ddf, job, start_limiter(get_client(), job))
+    return enrich_frame(ddf, job, start_limiter(get_client(), job), state=job.state_dir)
 
 
 def start_limiter(client: Any, job: Job) -> Any:
@@ -311,12 +312,14 @@ def run_cluster(job: Job, address: str, *, fresh: bool = False, retry_errors: bo
         _watch(future, limiter, echo, interval_s=min(job.progress_interval_s, 2.0))
         future.result()
         parts = limiter.summaries().result()
+        totals = limiter.totals().result()
     _replace(tmp, output)
     summary = merge_summaries([parts[key] for key in sorted(parts)])
     code = _exit_code(summary)
     summary.update(elapsed_s=round(time.monotonic() - started, 3), model=job.model, input=str(job.input_path),
                    output=str(output), started_at=started_at, finished_at=_now(), exit_code=code,
-                   partitions=len(parts), dask=address, state_dir=str(state))
+                   partitions=len(parts), dask=address, state_dir=str(state),
+                   limiter={key: totals[key] for key in ("leases", "pauses", "limits")})
     elapsed = summary["elapsed_s"]
     summary["rows_per_s"] = round((summary["ok"] + summary["error"]) / elapsed, 2) if elapsed else None
     summary_path = output.with_name(output.name + ".summary.json")

@@ -141,3 +141,23 @@ def test_rerun_after_killing_a_worker_sends_every_row_once(cli, fake, tmp_path, 
     assert set(sent) == {text_of(i) for i in range(80)}
     resent = sum(count - 1 for count in sent.values())
     assert resent <= 4  # at most the killed worker's requests in flight (concurrency 4)
+
+
+def test_a_fatal_error_in_one_partition_stops_them_all(cli, fake, tmp_path, cluster):
+    local, _ = cluster
+    limited(fake)
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for part in range(FILES):
+        ids = list(range(part * ROWS_PER_FILE, (part + 1) * ROWS_PER_FILE))
+        texts = [f"row {i} [[auth]]" if part == 0 else f"row {i}" for i in ids]
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": texts}), lake / f"f{part}.parquet")
+    proc = cli.run(*run_args(tmp_path, fake, local.scheduler_address), timeout=240)
+    assert proc.returncode == 3, proc.stderr  # aborted: no retry can fix a refused key
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    assert summary["stopped_by"] == "auth_failed"
+    rows = ds.dataset(tmp_path / "out.parquet").to_table().to_pylist()
+    assert len(rows) == 80
+    not_sent = [r for r in rows if r["error_type"] == "not_sent" and r["id"] >= ROWS_PER_FILE]
+    assert not_sent  # the other partitions stopped too, well before their 60 rows at 10 a second
+    assert len(fake.requests) < 60
