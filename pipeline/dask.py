@@ -244,6 +244,8 @@ async def _run_with_store(part: PartJob, number: int, table: pa.Table, link: Any
         await http.aclose()
         if store is not None:
             store.set_meta({TOTALS_KEY: job_totals()})
+    if runner.fatal is not None:  # no retry fixes it: every partition stops
+        await link.ask("stop", runner.stop_reason)
     summary = tally.summary(elapsed_s=time.monotonic() - started, earlier=earlier, extra={
         "requests_sent": runner.requests_sent, "stopped": runner.stop_reason,
         "stopped_by": runner.fatal.error_type if runner.fatal is not None else None})
@@ -254,12 +256,8 @@ async def _run_with_store(part: PartJob, number: int, table: pa.Table, link: Any
 
 
 async def _report_every(link: Any, number: int, runner: Runner) -> None:
-    """Report the partition's counts; stop it when the limiter says the job stops; spread a fatal stop."""
-    told = False
+    """Report the partition's counts; stop it when the limiter says the job stops."""
     while True:
-        if runner.fatal is not None and not told:
-            link.tell("stop", runner.stop_reason)
-            told = True
         reason = await link.ask("report", number, _counts(runner))
         if reason and not runner.stopping:
             runner.request_stop(reason)
