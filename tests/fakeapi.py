@@ -66,7 +66,9 @@ lacks capacity the reply is 429 (type "requests" or "tokens", code
 ``tpm`` itself gets a 429 "Request too large" without retry-after headers.
 Every reply that got past the rate-limit stage carries the ``x-ratelimit-*``
 headers (limit/remaining as ints, reset as Go-style durations like "1s",
-"547ms", "2m52.8s").  ``fake.rate_limited`` counts 429 rate_limit_exceeded
+"547ms", "2m52.8s").  ``fake.rpm_window_s`` (default 60) sizes the requests
+bucket to ``rpm × rpm_window_s / 60``: e.g. 1.0 enforces the rate over each
+second instead of allowing a whole minute's burst.  ``fake.rate_limited`` counts 429 rate_limit_exceeded
 replies (bucket ones and ``[[429]]`` ones, not quota ones).
 
 Fault directives

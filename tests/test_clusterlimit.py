@@ -147,3 +147,14 @@ def test_rate_budget_passes_429s_and_learned_limits_to_its_lease():
     assert limiter.limits == (300.0, None)
     assert limiter.pauses == 1
     assert limiter.lease(1, 0)[2] == pytest.approx(2.0)
+
+
+def test_the_core_install_never_imports_dask():
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.cli, pipeline.dask, pipeline.clusterlimit; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
