@@ -178,7 +178,11 @@ class _TableSource:
     def columns(self) -> list[str]:
         return self.table.schema.names
 
-    def batches(self, max_rows: int) -> Iterator[pa.RecordBatch]:
+    def batches(self, max_rows: int, max_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
+        """Batches of at most ``max_rows`` rows and about ``max_bytes``, in order."""
+        row_bytes = self.table.nbytes / self.table.num_rows if self.table.num_rows else 0
+        if max_bytes and row_bytes:
+            max_rows = max(1, min(max_rows, int(max_bytes // row_bytes)))
         yield from self.table.to_batches(max_chunksize=max_rows)
 
 
