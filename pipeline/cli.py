@@ -176,13 +176,11 @@ def main() -> None:
 @main.command()
 @click.argument("job_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @_with_run_options
-@click.option("--dask", "dask_address", metavar="ADDRESS",
-              help="Run on a Dask cluster: a scheduler address, or local:N for N local worker processes "
-                   "(needs the dask extra; input: Parquet file, glob or folder; output: a Parquet dataset folder).")
-def run(job_file: Path | None, dask_address: str | None, **options: Any) -> None:
+def run(job_file: Path | None, **options: Any) -> None:
     """Run a job: JOB_FILE (TOML) and/or flags; flags win over the file's keys."""
     api_key = options.get("api_key")
     fresh, retry_errors = bool(options.pop("fresh")), bool(options.pop("retry_errors"))
+    dask_address = options.pop("dask")
     secrets = known_secrets(os.environ, options)
     with _reported(secrets, "interrupted before the run started: nothing was sent"):
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
@@ -221,8 +219,11 @@ def estimate(job_file: Path | None, as_json: bool, **options: Any) -> None:
     """Dry run: count tokens and cost for JOB_FILE and/or flags, sending nothing."""
     for flag in ("fresh", "retry_errors"):
         options.pop(flag)
+    dask_address = options.pop("dask")
     secrets = known_secrets(os.environ, options)
     with _reported(secrets, "interrupted"):
+        if dask_address:
+            raise JobError("'estimate' does not take --dask (it sends nothing)")
         job = build_job(job_file, _overrides(options), os.environ, api_key=options.get("api_key"),
                         require_key=False)
         secrets.extend(job.endpoint.secrets)
@@ -275,8 +276,11 @@ def _batch_command(name: str, help_text: str, action, *, purpose: str, empty: st
     def command(job_file: Path | None, as_json: bool, **flags: Any) -> None:
         kwargs = {key: flags.pop(key) for key in extra}
         resume = {key: bool(flags.pop(key)) for key in ("fresh", "retry_errors")}
+        dask = flags.pop("dask")
         secrets = known_secrets(os.environ, flags)
         with _reported(secrets, "interrupted"):
+            if dask:
+                raise JobError(f"'batch {name}' does not take --dask")
             refused = [f"--{key.replace('_', '-')}" for key, given in resume.items() if given and key not in takes]
             if refused:
                 raise JobError(f"'batch {name}' does not take {' or '.join(refused)}")

@@ -147,6 +147,9 @@ OPTIONS: tuple[Option, ...] = (
     O("local", BOOL, "Run on a local model (llama.cpp server), no key, no cost."),
     O("local_model", FILE_PATH, "GGUF model file for --local [Gemma 3 270M]."),
     O("local_threads", INT, "Threads for the local model [one per core].", bounds=(1, None), flag_bounds=True),
+    O("dask", STR, "run: on a Dask cluster, a scheduler address or local:N for N local worker processes "
+      "(the dask extra; input: Parquet file, glob or folder; output: a Parquet dataset folder).",
+      places=frozenset({FLAG})),
     O("batch_max_requests", INT, "batch submit: most requests per batch file [50,000].", bounds=(1, 50_000),
       flag_bounds=True),
     # output, prices, progress
