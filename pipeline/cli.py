@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -47,7 +48,7 @@ from .estimate import format_estimate
 from .pricing import load_prices
 from .progress import timestamp
 from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_ROW_ERRORS, GRACE_S, RunReport,
-                  prepare, read_summary, run_job, token_counter)
+                  SIGNAL_REASONS, StopSwitch, prepare, read_summary, run_job, token_counter)
 from .state import BEGIN, CONTINUE, INSPECT
 from .summary import format_summary
 
@@ -182,6 +183,7 @@ def run(job_file: Path | None, **options: Any) -> None:
     fresh, retry_errors = bool(options.pop("fresh")), bool(options.pop("retry_errors"))
     dask_address = options.pop("dask")
     secrets = known_secrets(os.environ, options)
+    switch = None if dask_address else _stop_on_signals()  # a Dask run handles Ctrl-C its own way
     with _reported(secrets, "interrupted before the run started: nothing was sent"):
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
         secrets.extend(job.endpoint.secrets)
@@ -191,7 +193,7 @@ def run(job_file: Path | None, **options: Any) -> None:
             else:
                 if job.local:
                     job = stack.enter_context(local_job(job, os.environ, secrets))
-                report = _run(job, fresh, retry_errors, secrets)
+                report = _run(job, fresh, retry_errors, secrets, switch)
     summary = report.summary
     if not job.quiet:
         click.echo(redact(format_summary(summary), secrets))
@@ -408,7 +410,16 @@ def summary(output: Path, as_json: bool) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
 
 
-def _run(job, fresh: bool, retry_errors: bool, secrets: list[str]):
+def _stop_on_signals() -> StopSwitch:
+    """From here on SIGINT/SIGTERM stop the run gracefully, even one that has not started yet: it
+    then starts stopped and writes every row (journaled ones as they are, the rest ``not_sent``)."""
+    switch = StopSwitch()
+    for signum, reason in SIGNAL_REASONS.items():
+        signal.signal(signum, lambda _signum, _frame, reason=reason: switch.press(reason))
+    return switch
+
+
+def _run(job, fresh: bool, retry_errors: bool, secrets: list[str], switch: StopSwitch):
     grace_s = _grace_s()
     prepared = prepare(job, fresh=fresh, retry_errors=retry_errors)
     mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
@@ -419,7 +430,7 @@ def _run(job, fresh: bool, retry_errors: bool, secrets: list[str]):
         if not job.quiet:
             click.echo(redact(f"{stamp}chatbatch: {note}", secrets), err=True)
     return asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
-                               retry_errors=retry_errors, grace_s=grace_s))
+                               retry_errors=retry_errors, grace_s=grace_s, stop=switch))
 
 
 def _grace_s() -> float:

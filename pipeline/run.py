@@ -395,6 +395,9 @@ def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, ex
     }
 
 
+SIGNAL_REASONS = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
 class StopSwitch:
     """Stops a run as Ctrl-C does, from a signal handler or from any thread (the Python API).
 
@@ -404,7 +407,7 @@ class StopSwitch:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a signal handler may press while this thread holds it
         self._runner: Runner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grace_s = GRACE_S
@@ -450,7 +453,7 @@ class StopSwitch:
 def _install_signals(switch: StopSwitch) -> Callable[[], None]:
     """SIGINT/SIGTERM press ``switch``: a first signal stops the run gracefully, a second cancels."""
     loop = asyncio.get_running_loop()
-    names = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
+    names = SIGNAL_REASONS
     for signum, reason in names.items():
         loop.add_signal_handler(signum, switch.stop, reason)
 

@@ -7,6 +7,7 @@ reads the output Parquet row by row.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -191,3 +192,43 @@ def test_an_empty_input_says_so(content, fake, cli, tmp_path):
     assert "has no rows" in proc.stderr
     assert pq.read_table(out).num_rows == 0
     assert fake.requests == []
+
+
+# --------------------------------------------------------------------------------------------------
+# a signal before the run has started
+
+
+def _has_open(pid: int, path) -> bool:
+    """True while process ``pid`` holds ``path`` open (it is reading its input: preparing the job)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_job_is_prepared_still_writes_every_row(signum, fake, cli, tmp_path):
+    # The signal lands while the CLI reads its input to check the job, before the run starts (before
+    # this fix SIGTERM killed the process there and SIGINT wrote nothing). The run then starts stopped:
+    # every row is written once, none sent after the stop, exit 130.
+    n = 400_000
+    texts = [f"row {i}" for i in range(n)]
+    inp = write_csv(tmp_path / "in.csv", {"text": texts})
+    out = tmp_path / "out.parquet"
+    process = cli.popen(*base_args(fake, inp, out), "--template", "{text}", env=GRACE_ENV)
+    try:
+        wait_for(lambda: _has_open(process.pid, inp) or process.poll() is not None, timeout_s=60,
+                 what="the CLI reading its input")
+        process.send_signal(signum)
+        stdout, stderr, _ = communicate(process, timeout_s=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    rows = pq.read_table(out, columns=["text", "status", "error_type"]).to_pydict()
+    assert rows["text"] == texts, "every input row once, in order"
+    answered = [s for s in rows["status"] if s == "ok"]
+    assert len(answered) == len(fake.completed()) <= 64, "at most what was in flight when the signal landed"
+    assert set(rows["error_type"]) <= {None, "not_sent"}
+    assert read_summary(out)["exit_code"] == 130
