@@ -24,7 +24,7 @@ from typing import Any, Collection
 import httpx
 
 from .errors import (AuthFailed, BadResponse, QuotaExhausted, RateLimited, RequestFailed,
-                     RowRejected, ServerError, TransportFailure)
+                     RowRejected, ServerError, TimedOut, TransportFailure)
 from .headers import rate_limit_info, retry_after_s
 from .jobspec import Endpoint
 from .records import Completion, Usage
@@ -92,7 +92,7 @@ def transport_failure(exc: BaseException, secrets: Collection[str], timeout_s: f
                       context: str = "") -> TransportFailure:
     """The error for a request that got no HTTP response: a timeout, or a failed connection."""
     if _is_timeout(exc):
-        return TransportFailure(f"{context}no reply within {timeout_s:g}s", error_type="timeout")
+        return TimedOut(f"{context}no reply within {timeout_s:g}s")
     detail = redact_cut(str(exc) or type(exc).__name__, MAX_ERROR_CHARS, secrets)
     return TransportFailure(f"{context}connection failed: {detail}", error_type="connection_error")
 

@@ -19,7 +19,8 @@ should be sent again by a plain rerun: :func:`is_transient` answers it from the 
         ├── retryable = True       transient: a rerun sends the row again
         │   ├── RateLimited        429 rate_limit_exceeded (slows the whole run)
         │   ├── ServerError        5xx, 408, 409
-        │   ├── TransportFailure   timeout, connection refused/reset
+        │   ├── TransportFailure   connection refused/reset
+        │   │   └── TimedOut       no reply in time (final on a local model: retry_timeouts)
         │   └── BadResponse        200 whose body is not JSON or has no choices
         ├── RowRejected            400, 404, 422, ...: recorded on the row, not retried (permanent)
         ├── InvalidOutput          a reply that is not valid JSON for the job's schema (retried
@@ -117,6 +118,14 @@ class TransportFailure(RequestFailed):
     retryable = True
     error_type = "transport_error"
     error_types = ("transport_error", "timeout", "connection_error")
+
+
+class TimedOut(TransportFailure):
+    """No reply within the timeout. Retried like any transport failure, unless the job says a
+    timeout is final (``RetrySettings.retry_timeouts``: a local server still generating the reply
+    would only queue the retry behind it)."""
+
+    error_type = "timeout"
 
 
 class BadResponse(RequestFailed):

@@ -10,7 +10,9 @@ Reads the whole input, renders every prompt exactly as ``run`` would, and counts
   largest reply) and, when an earlier run of the job left an output, a likely figure (its mean
   completion tokens per ok row);
 * cost: ``cost_usd_max`` (every prompt at the uncached input price, every reply at its bound),
-  ``cost_usd_likely``, and both at Batch API prices;
+  ``cost_usd_likely``, and both at Batch API prices; with ``--local``, $0, beside
+  ``api_equivalent_cost_usd_max``/``_likely`` (the job's API model; replies capped as a local run
+  caps them);
 * duration under the job's ``rpm`` / ``tpm`` (the slower of the two);
 * problems a run would hit: rows whose prompt plus maximum output exceeds the context window.
 
@@ -22,13 +24,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .cache import request_digest
 from .jobspec import Job
+from .local import DEFAULT_MAX_TOKENS
 from .models import model_limits
 from .pricing import MILLION, PriceTable
 from .prompts import RowRenderer
@@ -56,7 +59,8 @@ def estimate(job: Job, source: Source, prices: PriceTable, counter: TokenCounter
     """The figures, as one JSON-ready dict."""
     started = time.monotonic()
     limits = model_limits(job.model)
-    max_output = job.max_output_tokens or (limits.max_output_tokens if limits else None)
+    max_output = job.max_output_tokens or (DEFAULT_MAX_TOKENS if job.local else None) or (
+        limits.max_output_tokens if limits else None)
     counts = _count(job, source, counter, limits.context_window if limits else None, max_output)
     choices = job.choices_per_request
     completion_max = max_output * choices * counts.requests if max_output is not None else None
@@ -89,8 +93,7 @@ def estimate(job: Job, source: Source, prices: PriceTable, counter: TokenCounter
         "completion_tokens_likely_source": str(job.output_path) if likely_per_request is not None else None,
         "price_model": price_name,
         "prices_as_of": prices.as_of,
-        "cost_usd_max": cost(completion_max),
-        "cost_usd_likely": cost(completion_likely),
+        **_costs(job, cost(completion_max), cost(completion_likely)),
         "batch_cost_usd_max": cost(completion_max, batch=True),
         "batch_cost_usd_likely": cost(completion_likely, batch=True),
         "duration_s": _duration_s(job, counts, completion_max),
@@ -100,6 +103,14 @@ def estimate(job: Job, source: Source, prices: PriceTable, counter: TokenCounter
         "max_cost_usd": job.max_cost_usd,
         "elapsed_s": round(time.monotonic() - started, 3),
     }
+
+
+def _costs(job: Job, at_most: float | None, likely: float | None) -> dict[str, Any]:
+    """The cost figures; on a local model $0, beside what the job's API model would have cost."""
+    if not job.local:
+        return {"cost_usd_max": at_most, "cost_usd_likely": likely}
+    return {"local": True, "cost_usd_max": 0.0, "cost_usd_likely": 0.0 if likely is not None else None,
+            "api_equivalent_cost_usd_max": at_most, "api_equivalent_cost_usd_likely": likely}
 
 
 def _count(job: Job, source: Source, counter: TokenCounter, context: int | None, max_output: int | None) -> Counts:
@@ -160,6 +171,16 @@ def _duration_s(job: Job, counts: Counts, completion_max: int | None) -> float |
     return round(max(spans), 1) if spans else None
 
 
+def _cost_line(figures: dict[str, Any], money: Callable[[float | None], str]) -> str:
+    likely = figures["completion_tokens_likely"] is not None
+    if figures.get("local"):
+        return (f"cost         $0 (local model); on the API {figures['model']} at most "
+                f"{money(figures['api_equivalent_cost_usd_max'])}"
+                + (f", likely {money(figures['api_equivalent_cost_usd_likely'])}" if likely else ""))
+    return (f"cost         at most {money(figures['cost_usd_max'])}"
+            + (f", likely {money(figures['cost_usd_likely'])}" if likely else ""))
+
+
 def format_estimate(figures: dict[str, Any]) -> str:
     def money(value: float | None) -> str:
         return f"${value:,.4f}" if value is not None else "unknown"
@@ -174,8 +195,7 @@ def format_estimate(figures: dict[str, Any]) -> str:
         f"prompt       {figures['prompt_tokens']:,} tokens ({exact}); largest {figures['largest_prompt_tokens']:,}",
         "completion   at most " + (f"{figures['completion_tokens_max']:,}" if figures["completion_tokens_max"] is not None
                                    else "unknown") + " tokens" + (f"; likely {likely:,} (from the last run)" if likely is not None else ""),
-        f"cost         at most {money(figures['cost_usd_max'])}" + (
-            f", likely {money(figures['cost_usd_likely'])}" if likely is not None else ""),
+        _cost_line(figures, money),
         f"batch API    at most {money(figures['batch_cost_usd_max'])}" + (
             f", likely {money(figures['batch_cost_usd_likely'])}" if likely is not None else ""),
         "duration     " + (f"about {duration / 60:,.1f} min at the configured rpm/tpm" if duration is not None

@@ -101,6 +101,7 @@ class RetrySettings:
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
+    retry_timeouts: bool = True  # False: a timed-out request ends its row (local runs)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Job:
     local: bool = False
     local_model: Path | None = None
     local_threads: int | None = None
+    served_model: str | None = None  # the name sent and answered as, when not ``model`` (a local model's)
     batch_max_requests: int = 50_000
     price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source: str = "command line"

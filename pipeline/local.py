@@ -41,6 +41,7 @@ from .private import FILE_MODE, private_dir
 from .redaction import MIN_SECRET_CHARS
 
 START_TIMEOUT_S = 180.0
+DEFAULT_MAX_TOKENS = 256  # a local reply's cap when the job sets none (the server's own is unlimited)
 LOG_TAIL_LINES = 25
 SECRET_VARIABLE = re.compile(r"API_?KEY|TOKEN|SECRET|PASSW|CREDENTIAL|_AUTH", re.IGNORECASE)
 INSTALL_HINT = ("install the local extra: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" "
@@ -162,21 +163,38 @@ def local_job(job, env: Mapping[str, str] | None = None, secrets: Iterable[str] 
     """``job`` pointed at a local server running its model; the server stops when the block ends.
 
     The server runs in ``env`` (default: this process's environment, for the Python API) with every
-    secret removed (:func:`server_environment`). Its replies
-    cost $0 (the runner prices nothing on a local model); requests go one at a time.
+    secret removed (:func:`server_environment`).
+    """
+    model_path = job.local_model or default_model(job.cache_dir)
+    log_path = private_dir(job.cache_dir) / "logs" / f"llama-server-{os.getpid()}.log"
+    server_env = server_environment(os.environ if env is None else env, [*secrets, *job.endpoint.secrets])
+    with local_server(model_path, log_path, job.local_threads, env=server_env) as base_url:
+        yield for_local_server(job, model_path, base_url)
+
+
+def for_local_server(job, model_path: Path, base_url: str):
+    """``job`` as sent to llama.cpp's server at ``base_url`` running ``model_path``.
+
+    - The model answers as (and the ``model`` column holds) the file's name: ``gemma-3-270m-q4_k_m``.
+    - ``max_completion_tokens`` (which the server ignores) goes as ``max_tokens``; with neither set,
+      :data:`DEFAULT_MAX_TOKENS`, as the server's own default is unlimited.
+    - The server answers one request at a time: concurrency 1, and a timed-out request ends its row
+      (a retry would queue behind the reply the server is still generating).
+    - Labels are asked for as the bare label (a grammar, see :mod:`pipeline.structured`); a schema
+      goes inside ``json_object``, which the server enforces by grammar.
+    - The system prompt is folded into the first user turn when rendered (``RowRenderer``).
+    Replies cost $0 (the runner prices nothing on a local model).
     """
     from dataclasses import replace
 
     from .jobspec import Endpoint
 
-    model_path = job.local_model or default_model(job.cache_dir)
-    log_path = private_dir(job.cache_dir) / "logs" / f"llama-server-{os.getpid()}.log"
     params = dict(job.params)
-    if job.output is not None and job.output.mode == "json_schema":
-        # llama.cpp's server takes the schema inside json_object (and enforces it by grammar)
+    cap = params.pop("max_completion_tokens", None)
+    params["max_tokens"] = cap if cap is not None else params.get("max_tokens", DEFAULT_MAX_TOKENS)
+    if job.output is not None and job.output.mode == "json_schema" and not job.output.bare:
         params["response_format"] = {"type": "json_object", "schema": dict(job.output.schema)}
-    server_env = server_environment(os.environ if env is None else env, [*secrets, *job.endpoint.secrets])
-    with local_server(model_path, log_path, job.local_threads, env=server_env) as base_url:
-        yield replace(
-            job, endpoint=Endpoint(url=base_url + "/chat/completions"), params=params,
-            limits=replace(job.limits, concurrency=1))
+    return replace(
+        job, endpoint=Endpoint(url=base_url + "/chat/completions"), params=params,
+        served_model=model_path.stem, local_model=model_path,
+        limits=replace(job.limits, concurrency=1), retry=replace(job.retry, retry_timeouts=False))

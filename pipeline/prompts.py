@@ -139,8 +139,10 @@ class RowRenderer:
 
     def __init__(self, *, model: str, params: dict[str, Any], template: str | None, system: str | None,
                  messages_column: str | None, required_columns: Sequence[str],
-                 counter: "tokens.TokenCounter | None" = None, instructions: str | None = None) -> None:
+                 counter: "tokens.TokenCounter | None" = None, instructions: str | None = None,
+                 fold_system: bool = False) -> None:
         self._encoder = BodyEncoder(model, params)
+        self._fold_system = fold_system
         self._instructions = instructions
         self._counter = counter
         self._template = Template(template) if template else None
@@ -153,9 +155,9 @@ class RowRenderer:
     @classmethod
     def for_job(cls, job, counter: "tokens.TokenCounter | None" = None) -> "RowRenderer":
         """The renderer for a :class:`~pipeline.jobspec.Job`: its requests exactly as ``run`` sends them."""
-        return cls(model=job.model, params=dict(job.params), template=job.template, system=job.system,
+        return cls(model=job.served_model or job.model, params=dict(job.params), template=job.template, system=job.system,
                    messages_column=job.messages_column, required_columns=job.required_columns, counter=counter,
-                   instructions=job.output.instructions() if job.output else None)
+                   instructions=job.output.instructions() if job.output else None, fold_system=job.local)
 
     def render_batch(self, batch) -> list[RowResult | tuple[bytes, int | None]]:
         rows = self._from_template(batch) if self._template is not None else self._from_column(batch)
@@ -168,6 +170,8 @@ class RowRenderer:
             note = {"role": "system", "content": self._instructions}
             rows = [row if isinstance(row, RowResult) else [*_leading_system(row), note, *_rest(row)]
                     for row in rows]
+        if self._fold_system:
+            rows = [row if isinstance(row, RowResult) else fold_system(row) for row in rows]
         counter, encode = self._counter, self._encoder.encode
         return [row if isinstance(row, RowResult) else
                 (encode(row), counter.count_messages(row) if counter is not None else None) for row in rows]
@@ -215,6 +219,21 @@ class RowRenderer:
                 continue
             out.append(messages)
         return out
+
+
+def fold_system(messages: list) -> list:
+    """The leading system/developer messages folded into the first user turn, as Gemma's own chat
+    template does (``system + "\n\n" + user``): a local model's chat format may drop system messages
+    (llama-cpp-python's ``gemma`` format does), so on ``--local`` the instruction travels as user text.
+    Any other system message (not text, or not followed by a user turn) is sent as a user turn.
+    """
+    lead = 0
+    while lead < len(messages) and messages[lead].get("role") in ("system", "developer"):
+        lead += 1
+    parts = [m.get("content") for m in messages[:lead + 1]]
+    if lead and lead < len(messages) and messages[lead].get("role") == "user" and all(isinstance(p, str) for p in parts):
+        return [{**messages[lead], "content": "\n\n".join(parts)}, *messages[lead + 1:]]
+    return [{**m, "role": "user"} if m.get("role") in ("system", "developer") else m for m in messages]
 
 
 def _leading_system(messages: list) -> list:

@@ -1,7 +1,8 @@
 """The only retry loop in chatbatch, as three small decisions.
 
 * *Should I retry?* — only a :class:`~pipeline.errors.RequestFailed` whose class says ``retryable``
-  (429 rate limits, 5xx, 408/409, timeouts, connection failures, unusable 200 bodies). Fatal errors
+  (429 rate limits, 5xx, 408/409, timeouts — unless ``retry_timeouts`` is off —, connection failures,
+  unusable 200 bodies). Fatal errors
   (auth, quota) propagate at once; row errors (400, 404, 422, ...) end the row.
 * *How long do I wait?* — what the server asked for (``retry-after-ms``, ``retry-after``, reset
   headers) if it said, plus up to as much again (at most ``backoff_base``) of jitter so retries do
@@ -20,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Generic, TypeVar
 
-from .errors import RequestFailed
+from .errors import RequestFailed, TimedOut
 from .jobspec import RetrySettings
 
 T = TypeVar("T")
@@ -68,9 +69,13 @@ async def call_with_retries(
             if exc.fatal:
                 raise
             failure = exc
-        if not failure.retryable or number == settings.max_attempts:
+        if not _retryable(failure, settings) or number == settings.max_attempts:
             return Outcome(None, failure, number)
         delay = backoff_s(settings, number, failure, random)
         on_retry(failure, delay)
         await sleep(delay)
     raise AssertionError("unreachable: the loop returns on its last attempt")
+
+
+def _retryable(failure: RequestFailed, settings: RetrySettings) -> bool:
+    return failure.retryable and (settings.retry_timeouts or not isinstance(failure, TimedOut))

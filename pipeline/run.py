@@ -379,7 +379,8 @@ def _exit_code(runner: Runner, tally: Tally) -> int:
 
 def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, exit_code: int) -> dict:
     return {
-        "model": job.model,
+        "model": job.served_model or job.model,
+        **({"local": True, "local_model": str(job.local_model)} if job.local else {}),
         "input": str(job.input_path),
         "output": str(job.output_path),
         "started_at": started_at,

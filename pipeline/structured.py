@@ -15,6 +15,10 @@ before anything is sent); ``json_object`` sends ``{type: json_object}`` and puts
 system message (which says "JSON", as JSON mode requires); ``prompt`` only puts it in the system
 message, for endpoints with no ``response_format`` at all.
 
+**On a local model** (``--local``) labels are asked for as the bare label: a GBNF grammar (llama.cpp's
+``grammar`` field) allows exactly one of the label strings, so the reply *is* the label — about twice
+as fast as a JSON object on a small model. Schemas go to llama.cpp's JSON-schema grammar.
+
 **Checked either way**: every reply is parsed and validated against the schema as the user wrote
 it (jsonschema, Draft 2020-12; an optional property may come back null, meaning absent), and each
 value must fit its column; a label outside the allowed set fails validation. A reply that fails is
@@ -54,6 +58,7 @@ class OutputSpec:
     confidence: bool
     columns: tuple[tuple[str, Column], ...]
     sent_schema: Mapping[str, Any] | None = None  # what json_schema mode sends (strict-compatible)
+    bare: bool = False  # labels on a local model: the reply is the bare label, forced by a grammar
 
     @property
     def fields(self) -> tuple[tuple[str, pa.DataType], ...]:
@@ -61,6 +66,8 @@ class OutputSpec:
         return tuple((name, column.arrow) for name, column in self.columns)
 
     def request_params(self) -> dict[str, Any]:
+        if self.bare:
+            return {"grammar": label_grammar(self.labels)}
         if self.mode == "json_schema":
             return {"response_format": {"type": "json_schema", "json_schema": {
                 "name": self.name, "strict": self.strict, "schema": dict(self.sent_schema or self.schema)}}}
@@ -71,7 +78,7 @@ class OutputSpec:
     def instructions(self) -> str | None:
         """For the modes that cannot send the schema: the system-prompt text that describes it (it
         names JSON, which OpenAI's JSON mode requires in the messages)."""
-        if self.mode == "json_schema":
+        if self.mode == "json_schema" or self.bare:
             return None
         return ("Reply with one JSON object and nothing else, valid against this JSON schema:\n"
                 + json.dumps(self.schema, ensure_ascii=False))
@@ -107,7 +114,13 @@ def build_spec(labels: Sequence[str] | None, schema: Any, *, mode: str, strict: 
     columns = tuple((key, column_for(sub, schema)) for key, sub in schema["properties"].items())
     return OutputSpec(schema=schema, name=name, mode=mode, strict=strict,
                       labels=tuple(labels) if labels is not None else None,
-                      confidence=bool(labels is not None and logprobs), columns=columns, sent_schema=sent)
+                      confidence=bool(labels is not None and logprobs), columns=columns, sent_schema=sent,
+                      bare=labels is not None and local)
+
+
+def label_grammar(labels: Sequence[str]) -> str:
+    """A GBNF grammar whose only sentences are the labels (JSON string escapes are GBNF's too)."""
+    return "root ::= " + " | ".join(json.dumps(label, ensure_ascii=False) for label in labels)
 
 
 def _load_schema(schema: Any, base_dir: Path, where: str) -> dict:
@@ -161,7 +174,7 @@ class Validator:
         if text is None or not text.strip():
             raise ValueError("the reply is empty")
         try:
-            value = json.loads(_strip_fence(text))
+            value = _decode(self.spec, text)
         except ValueError as exc:
             raise ValueError(f"the reply is not valid JSON: {exc}") from exc
         errors = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
@@ -173,6 +186,13 @@ class Validator:
             return value, column_values(self.spec, value)
         except Unstorable as exc:
             raise ValueError(f"the reply's value at {exc} (the reply is kept in 'reply')") from exc
+
+
+def _decode(spec: OutputSpec, text: str) -> Any:
+    """The reply's value: a bare label stands for ``{"label": ...}``; anything else is JSON."""
+    if spec.bare:
+        return {LABEL_FIELD: text.strip()}
+    return json.loads(_strip_fence(text))
 
 
 def _strip_fence(text: str) -> str:
@@ -204,7 +224,7 @@ def stored_values(spec: OutputSpec, text: str | None) -> tuple | None:
     :mod:`pipeline.columns`): they were valid for the schema, so only the conversion is redone.
     """
     try:
-        return column_values(spec, json.loads(_strip_fence(text or "")))
+        return column_values(spec, _decode(spec, text or ""))
     except (ValueError, AttributeError):  # not JSON, not an object, or a value that fits no column
         return None
 
@@ -231,7 +251,7 @@ def label_confidence(content: str, label: str, token_logprobs: Sequence[Mapping[
 
 def _label_span(text: str, label: str) -> int | None:
     key = text.find(f'"{LABEL_FIELD}"')
-    if key < 0:
-        return None
+    if key < 0:  # a bare label (local models) is the whole reply
+        return text.find(label) if text.strip() == label else None
     quoted = text.find(f'"{label}"', key + len(LABEL_FIELD) + 2)
     return quoted + 1 if quoted >= 0 else None
