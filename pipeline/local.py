@@ -11,9 +11,10 @@ The model is ``--local-model PATH.gguf``, or by default Gemma 3 270M (Q4_K_M) fr
 ``--chat_format gemma`` (that GGUF has no chat template), ``--logits_all False`` (the default needs
 3 GB and is 2.5× slower) and one thread per core, in an environment holding no API keys, tokens
 or passwords (:func:`server_environment`); its model and log folders are private
-(:mod:`pipeline.private`). It answers one request at a time, so the job's
-concurrency is lowered to 1. JSON-schema output is enforced by llama.cpp's grammar, so a labels job
-still yields valid labels — but the model is a small base model: replies are real, not smart.
+(:mod:`pipeline.private`). What the job becomes on it is :func:`for_local_server`: the model's own
+name, replies capped, one request at a time and no retry after a timeout, labels as the bare label
+by grammar, the system prompt folded into the user turn (llama-cpp-python's ``gemma`` format drops
+system messages). The model is a small base model: replies are real, not smart.
 
 Install the extra (it compiles llama.cpp: about 6 minutes on 2 cores, portable build)::
 
