@@ -57,7 +57,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,6 +73,7 @@ from .run import (EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, REAL
 from .runner import Reuse, Runner
 from .errors import OutputExistsError
 from .sinks import check_output, output_schema, result_arrays, result_fields
+from .sources import TableSource
 from .state import TOTALS_KEY, open_state
 from .summary import Tally, merge_summaries, to_json
 from .transport import make_http_client
@@ -160,32 +161,6 @@ class _ActorLink:
         getattr(self._actor, method)(*args)
 
 
-@dataclass(frozen=True)
-class _TableSource:
-    """A partition's rows for the Runner (what :class:`~pipeline.sources.Source` offers)."""
-
-    table: pa.Table
-
-    @property
-    def schema(self) -> pa.Schema:
-        return self.table.schema
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows
-
-    @property
-    def columns(self) -> list[str]:
-        return self.table.schema.names
-
-    def batches(self, max_rows: int, max_bytes: int | None = None) -> Iterator[pa.RecordBatch]:
-        """Batches of at most ``max_rows`` rows and about ``max_bytes``, in order."""
-        row_bytes = self.table.nbytes / self.table.num_rows if self.table.num_rows else 0
-        if max_bytes and row_bytes:
-            max_rows = max(1, min(max_rows, int(max_bytes // row_bytes)))
-        yield from self.table.to_batches(max_chunksize=max_rows)
-
-
 class _ResultSink:
     """Collects the result columns of a partition (the input columns stay in the frame)."""
 
@@ -228,7 +203,7 @@ async def _run_with_store(part: PartJob, number: int, table: pa.Table, link: Any
     http = make_http_client(job.limits.concurrency, job.limits.timeout_s)
     lease = ClusterLease(link.ask, link.tell, clock=time.monotonic)
     counter = token_counter(job) if job.limits.tokens_per_minute else None
-    runner = Runner(job, _TableSource(table), sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
+    runner = Runner(job, TableSource(table), sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
                     load_prices(job.prices_file, job.price_overrides), tally, REAL_SEAMS,
                     Reuse(store=store, retry_errors=part.retry_errors, dedupe=job.dedupe), counter, lease=lease)
     earlier = earlier_spend(store)  # what earlier runs spent on this partition: the summary is the job's
