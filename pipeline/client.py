@@ -6,9 +6,9 @@ or raises one of the :mod:`pipeline.errors` classes. :func:`http_failure` and
 for chat completions here and for the Files and Batch APIs (:mod:`pipeline.batchapi`) alike. Nothing
 here retries or sleeps; :mod:`pipeline.retry` does that.
 
-The ``httpx.AsyncClient`` is injected: :func:`pipeline.transport.make_http_client` builds the
-production one, and unit tests pass one built on ``httpx.MockTransport``. Requests are built once
-here (URL parsed once, headers fixed) and handed to ``AsyncClient.send``.
+The HTTP client is injected: :func:`pipeline.transport.make_http_client` builds the production
+one (:class:`~pipeline.transport.AiohttpPoster`); unit tests pass an ``httpx.AsyncClient`` built on
+``httpx.MockTransport``, used through :class:`~pipeline.transport.HttpxPoster`.
 
 Every message that reaches an error has the endpoint's secrets (the API key, credentials in the
 URL) removed — before it is cut to :data:`MAX_ERROR_CHARS` — whatever the server echoed.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
 from typing import Any, Collection
 
 import httpx
@@ -29,6 +28,7 @@ from .headers import rate_limit_info, retry_after_s
 from .jobspec import Endpoint
 from .records import Completion, Usage
 from .redaction import redact, redact_cut
+from .transport import HttpxPoster, Poster, Reply
 
 MAX_ERROR_CHARS = 500
 
@@ -36,36 +36,32 @@ MAX_ERROR_CHARS = 500
 class ChatClient:
     """Sends chat-completion bodies to one endpoint."""
 
-    def __init__(self, http: httpx.AsyncClient, endpoint: Endpoint, timeout_s: float) -> None:
-        self._http = http
-        self._url = httpx.URL(endpoint.url)
-        self._headers = httpx.Headers(endpoint.headers())
-        self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
+    def __init__(self, http: Poster | httpx.AsyncClient, endpoint: Endpoint, timeout_s: float) -> None:
+        self._poster = HttpxPoster(http, timeout_s) if isinstance(http, httpx.AsyncClient) else http
+        self._url = endpoint.url
+        self._headers = endpoint.headers()
         self._secrets = endpoint.secrets
         self._timeout_s = timeout_s
 
     async def complete(self, body: bytes) -> Completion:
         try:
             async with asyncio.timeout(self._timeout_s):
-                request = httpx.Request("POST", self._url, headers=self._headers, content=body,
-                                        extensions=self._extensions)
-                response = await self._http.send(request)
+                response = await self._poster.post(self._url, self._headers, body)
         except (TimeoutError, httpx.TransportError) as exc:
             raise transport_failure(exc, self._secrets, self._timeout_s) from exc
         info = rate_limit_info(response.headers)
         if response.status_code == 200:
             try:
-                completion = parse_completion(response.content, self._secrets)
+                return parse_completion(response.content, self._secrets, info)
             except RequestFailed as exc:
                 exc.rate_info = info
                 raise
-            return replace(completion, rate_info=info) if info else completion
         failure = http_failure(response, self._secrets)
         failure.rate_info = info
         raise failure
 
 
-def http_failure(response: httpx.Response, secrets: Collection[str], *, context: str = "",
+def http_failure(response: httpx.Response | Reply, secrets: Collection[str], *, context: str = "",
                  final: Collection[int] = ()) -> RequestFailed:
     """The error for an HTTP error ``response`` (chat, files and batches alike), ``secrets`` (the
     endpoint's key and URL credentials) redacted before the message is cut to length.
@@ -132,7 +128,7 @@ def error_fields(content: bytes, secrets: Collection[str] = ()) -> tuple[str | N
     return None, None, (redact_cut(text, MAX_ERROR_CHARS, secrets) or "empty body")
 
 
-def parse_completion(content: bytes, secrets: Collection[str] = ()) -> Completion:
+def parse_completion(content: bytes, secrets: Collection[str] = (), rate_info: dict | None = None) -> Completion:
     """A 200 body as a Completion; BadResponse (retried) when it is not a usable completion."""
     try:
         data = json.loads(content)
@@ -154,6 +150,7 @@ def parse_completion(content: bytes, secrets: Collection[str] = ()) -> Completio
         usage=_usage(data.get("usage")),
         logprobs=_logprobs(choices[0]),
         service_tier=data.get("service_tier") if isinstance(data.get("service_tier"), str) else None,
+        rate_info=rate_info,
     )
 
 

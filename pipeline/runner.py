@@ -96,6 +96,15 @@ class PendingBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """A reply that passed: what it cost, and (structured output) its value and column values."""
+
+    completion: Completion
+    cost: Decimal | None
+    read: tuple | None
+
+
+@dataclass(frozen=True, slots=True)
 class Seams:
     """Everything outside the process the runner touches, injectable for tests."""
 
@@ -317,7 +326,7 @@ class Runner:
                 store.record(follower.start + follower_index, digest, copy)
             self._deliver(follower, follower_index, copy)
 
-    async def _attempt(self, body: bytes, prompt_tokens: int | None, latency: list, invalid: list) -> Completion:
+    async def _attempt(self, body: bytes, prompt_tokens: int | None, latency: list, invalid: list) -> Answer:
         """One attempt: wait for the budget, then send. A 429 pauses the whole run."""
         if prompt_tokens is None:  # not counted (no tpm set): a rough bound, for limits learned later
             prompt_tokens = len(body) // 4 if self.budget.tokens_per_minute else 0
@@ -332,11 +341,11 @@ class Runner:
             self._waiting.discard(task)
         ok, info, completion = False, None, None
         try:
-            completion = await self._send(body, prompt_tokens, latency)
+            completion, cost = await self._send(body, prompt_tokens, latency)
             ok, info = True, completion.rate_info
-            self._validate(completion, invalid)
+            read = self._validate(completion, cost, invalid)
             self._judge(None)
-            return completion
+            return Answer(completion, cost, read)
         except RequestFailed as exc:
             info = exc.rate_info
             self._judge(exc)
@@ -351,15 +360,17 @@ class Runner:
             self.fatal = self.fatal or stop
             self.request_stop(stop.message)
 
-    def _validate(self, completion: Completion, invalid: list) -> None:
-        """Check a structured reply; an invalid one is retried (validation_retries), then kept as an error."""
+    def _validate(self, completion: Completion, cost: Decimal | None, invalid: list) -> tuple | None:
+        """Read a structured reply: its (value, column values), or None (not structured, or refused).
+
+        An invalid one is retried (validation_retries), then kept as an error.
+        """
         if self._validator is None or (completion.refusal and not completion.replies[0]):
-            return
+            return None
         try:
-            self._validator.read(completion.replies[0])
+            return self._validator.read(completion.replies[0])
         except ValueError as exc:
             invalid[0] += 1
-            cost = self._cost(completion)
             retryable = invalid[0] <= self.job.validation_retries
             if retryable and cost is not None:
                 self.tally.discarded_cost_usd += cost  # billed, but this reply is thrown away
@@ -382,7 +393,8 @@ class Runner:
                       if usage is not None and usage.completion_tokens is not None else None)
         self.budget.settle(ticket, ok=ok, rate_info=info, used_tokens=used, output_tokens_per_choice=per_choice)
 
-    async def _send(self, body: bytes, prompt_tokens: int, latency: list) -> Completion:
+    async def _send(self, body: bytes, prompt_tokens: int, latency: list) -> tuple[Completion, Decimal | None]:
+        """One request, and what it cost (None: unknown price)."""
         reservation = self._reserve(prompt_tokens)
         started = self.seams.clock()
         self.tally.requests_sent += 1
@@ -402,7 +414,7 @@ class Runner:
             latency[0] = self.seams.clock() - started
             if reservation is not None:
                 self.cap.settle(reservation, cost)
-        return completion
+        return completion, cost
 
     def _reserve(self, prompt_tokens: int) -> Decimal | None:
         """Check the cost cap before a send; stop the run when this request could cross it."""
@@ -435,16 +447,18 @@ class Runner:
         if outcome.value is not None:
             if self.job.local and self.counter is not None:  # what the API would have billed
                 self.tally.api_prompt_tokens += prompt_tokens or 0
-                self.tally.api_completion_tokens += sum(self.counter.count_text(r or "") for r in outcome.value.replies)
+                self.tally.api_completion_tokens += sum(self.counter.count_text(r or "")
+                                                        for r in outcome.value.completion.replies)
             return self._success(outcome.value, outcome.attempts, latency[0])
         if outcome.failure is None or isinstance(outcome.failure, NotSent):
             return not_sent_result(self._not_sent_reason())
         return _failed(outcome.failure, outcome.attempts, latency[0])
 
-    def _success(self, completion: Completion, attempts: int, latency_s: float | None) -> RowResult:
-        cost = self._cost(completion)
+    def _success(self, answer: Answer, attempts: int, latency_s: float | None) -> RowResult:
+        completion, cost = answer.completion, answer.cost
         try:
-            result = completion_result(self.job, self._validator, completion, cost, attempts, latency_s)
+            result = completion_result(self.job, self._validator, completion, cost, attempts, latency_s,
+                                       read=answer.read)
             if result.fields is not None:
                 check_fields(self.job.output, result.fields)
             return result
@@ -491,8 +505,11 @@ class Runner:
 
 
 def completion_result(job: Job, validator: Validator | None, completion: Completion, cost: Decimal | None,
-                      attempts: int, latency_s: float | None) -> RowResult:
-    """A row's result from a reply: ok, refused, or (structured and not valid) invalid_output."""
+                      attempts: int, latency_s: float | None, read: tuple | None = None) -> RowResult:
+    """A row's result from a reply: ok, refused, or (structured and not valid) invalid_output.
+
+    ``read`` is the reply already read by ``validator`` (its value and column values), if it was.
+    """
     refused = bool(completion.refusal) and not completion.replies[0]
     kept = completion if completion.rate_info is None and completion.logprobs is None else \
         replace(completion, rate_info=None, logprobs=None)
@@ -502,7 +519,7 @@ def completion_result(job: Job, validator: Validator | None, completion: Complet
     fields = None
     if validator is not None:
         try:
-            value, fields = validator.read(completion.replies[0])
+            value, fields = read if read is not None else validator.read(completion.replies[0])
         except ValueError as exc:
             return RowResult(status=STATUS_ERROR, attempts=attempts, completion=kept, http_status=200,
                              cost_usd=cost, latency_s=latency_s, error_type="invalid_output",

@@ -1,16 +1,15 @@
-"""The production HTTP client: httpx's API over aiohttp's connection pool, with a short send path.
+"""The production HTTP client: a short POST path over aiohttp's connection pool.
 
 Measured on this machine (``bench/transport.py``, one core, fast local server): httpx's own pool
-collapses under concurrency (about 1,000 req/s at 16 in flight, under 150 req/s at 256), while httpx
-over the ``httpx-aiohttp`` transport holds about 4,400–4,900 req/s and 89% of the ideal rate at
-256 in flight with 200 ms latency. Of what is left, half the CPU per request goes to
-``AsyncClient.send``'s machinery — auth flow, redirect handling, the cookie jar, event hooks — none of
-which a chat-completions POST uses. :class:`DirectClient` is an ``httpx.AsyncClient`` whose
-:meth:`send` hands a ready-built request straight to its transport, which about doubles the client's
-throughput (bench/transport.py, "direct" row).
+collapses under concurrency (about 1,000 req/s at 16 in flight, under 150 req/s at 256), while
+httpx over the ``httpx-aiohttp`` transport holds about 4,400–4,900 req/s. Of what is left, most of
+the client's CPU per request went to httpx's model objects (``Request``, ``Response``, ``Headers``,
+the byte-stream iterators) wrapped around aiohttp's own. :class:`AiohttpPoster` skips them: it POSTs
+a ready-made body with aiohttp and returns a :class:`Reply` (status, headers, body), the only
+things :mod:`pipeline.client` reads (``bench/transport.py``, "direct" row).
 
-Code that takes an ``httpx.AsyncClient`` keeps working with either: unit tests inject a plain
-``httpx.AsyncClient(transport=httpx.MockTransport(...))``.
+:class:`HttpxPoster` does the same over any ``httpx.AsyncClient``: unit tests inject one built on
+``httpx.MockTransport``. The Files and Batch APIs (:mod:`pipeline.batchapi`) keep httpx.
 
 **Proxies.** :func:`proxy_for` picks the proxy for the endpoint from ``HTTPS_PROXY`` /
 ``HTTP_PROXY`` / ``ALL_PROXY`` and ``NO_PROXY`` (either case, lowercase first), as curl, Python's
@@ -21,25 +20,83 @@ client sends through that proxy (``CONNECT`` for https).
 from __future__ import annotations
 
 import urllib.request
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Mapping, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 
-class DirectClient(httpx.AsyncClient):
-    """An AsyncClient whose ``send`` skips auth, redirects, cookies and hooks (none are used here)."""
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP reply, fully read: what :mod:`pipeline.client` needs and nothing more."""
 
-    async def send(self, request: httpx.Request, *, stream: bool = False, **kwargs) -> httpx.Response:
-        if stream or kwargs:
-            return await super().send(request, stream=stream, **kwargs)
-        response = await self._transport.handle_async_request(request)
+    status_code: int
+    headers: Mapping[str, str]  # looked up case-insensitively
+    content: bytes
+
+
+class Poster(Protocol):
+    """What :class:`pipeline.client.ChatClient` sends through."""
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Reply: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpPoster:
+    """POSTs ready-made bodies to one URL over aiohttp's connection pool (the production path).
+
+    It raises httpx's transport exceptions (``ConnectError``, ``ReadError``, ``RemoteProtocolError``,
+    ``ReadTimeout``) with aiohttp's as the cause, so :func:`pipeline.client.transport_failure` maps
+    every transport alike.
+    """
+
+    def __init__(self, concurrency: int, proxy: str | None = None) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(total=None))  # the caller times each request
+        self._proxy = proxy
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
         try:
-            await response.aread()
-        finally:
-            await response.aclose()
-        response.request = request
-        return response
+            async with self._session.post(url, data=body, headers=headers, proxy=self._proxy) as response:
+                return Reply(response.status, response.headers, await response.read())
+        except self._aiohttp.ClientError as exc:
+            raise _httpx_error(exc) from exc
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class HttpxPoster:
+    """The same over an ``httpx.AsyncClient`` (unit tests inject one on ``httpx.MockTransport``)."""
+
+    def __init__(self, http: httpx.AsyncClient, timeout_s: float) -> None:
+        self._http = http
+        self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        response = await self._http.post(url, content=body, headers=headers, extensions=self._extensions)
+        return Reply(response.status_code, response.headers, response.content)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _httpx_error(exc: BaseException) -> httpx.TransportError:
+    """aiohttp's exception as the httpx transport exception of the same meaning."""
+    if isinstance(exc, TimeoutError):
+        return httpx.ReadTimeout(str(exc) or "timed out")
+    name = type(exc).__name__
+    if name in ("ClientPayloadError", "ServerDisconnectedError"):
+        return httpx.RemoteProtocolError(str(exc) or name)
+    if name in ("ClientOSError",):
+        return httpx.ReadError(str(exc) or name)
+    return httpx.ConnectError(str(exc) or name)
 
 
 def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
@@ -57,10 +114,9 @@ def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
     return proxy if proxy is None or "://" in proxy else "http://" + proxy
 
 
-def make_http_client(concurrency: int, timeout_s: float, proxy: str | None = None) -> httpx.AsyncClient:
-    """The production client, its pool sized for ``concurrency`` connections, through ``proxy``."""
-    from httpx_aiohttp import AiohttpTransport
+def make_http_client(concurrency: int, timeout_s: float, proxy: str | None = None) -> AiohttpPoster:
+    """The production client, its pool sized for ``concurrency`` connections, through ``proxy``.
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    transport = AiohttpTransport(limits=limits, proxy=httpx.Proxy(proxy) if proxy else None)
-    return DirectClient(transport=transport, timeout=timeout_s, follow_redirects=False)
+    ``timeout_s`` is enforced per request by :class:`pipeline.client.ChatClient`.
+    """
+    return AiohttpPoster(concurrency, proxy)
