@@ -6,9 +6,9 @@ For every (server latency, in-flight C) cell, the client process (pinned to
 
 * ``httpx``      – ``httpx.AsyncClient(limits=Limits(C, C))``, default transport;
 * ``httpx+aio``  – ``httpx.AsyncClient(transport=AiohttpTransport(limits=...))``;
-* ``direct``     – chatbatch's own client, ``pipeline.transport.make_http_client``: the aiohttp
-  transport under an AsyncClient whose ``send`` skips auth/redirect/cookie handling, with the
-  request built once per row as ``pipeline.client.ChatClient`` does;
+* ``direct``     – chatbatch's own client, ``pipeline.transport.make_http_client``: a POST straight
+  through aiohttp, returning status, headers and body (no httpx objects), as
+  ``pipeline.client.ChatClient`` uses it;
 * ``aiohttp``    – the bare loop of ``bare_loop.py`` (the ceiling).
 
 Each measurement first sends C untimed warm-up requests (opens the pool),
@@ -61,14 +61,12 @@ def _make_httpx(kind: str, concurrency: int) -> httpx.AsyncClient:
 async def _httpx_worker(client: httpx.AsyncClient, url: str, headers: dict,
                         indices, errors: list) -> None:
     dumps = json.dumps
-    direct = not type(client) is httpx.AsyncClient
-    parsed_url, parsed_headers = httpx.URL(url), httpx.Headers(headers)
+    direct = not isinstance(client, httpx.AsyncClient)
     for i in indices:
         body = dumps({"model": MODEL,
                       "messages": [{"role": "user", "content": prompt(i)}]})
         if direct:
-            resp = await client.send(httpx.Request("POST", parsed_url, headers=parsed_headers,
-                                                   content=body.encode()))
+            resp = await client.post(url, headers, body.encode())
         else:
             resp = await client.post(url, content=body.encode(), headers=headers)
         if resp.status_code != 200:
@@ -85,13 +83,16 @@ async def _httpx_drive(client, url: str, indices, concurrency: int) -> int:
 async def run_httpx(kind: str, url: str, n: int, concurrency: int,
                     warmup: int, max_seconds: float | None) -> dict:
     """Time up to ``n`` requests through an httpx client (after ``warmup``)."""
-    async with _make_httpx(kind, concurrency) as client:
+    client = _make_httpx(kind, concurrency)
+    try:
         if warmup:
             await _httpx_drive(client, url, iter(range(warmup)), concurrency)
         indices = Budget(n, max_seconds)
         ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         errors = await _httpx_drive(client, url, indices, concurrency)
         t1, ru1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        await client.aclose()
     return bare_loop.timing_result(kind, indices.issued, concurrency, t1 - t0,
                                    ru0, ru1, errors)
 
