@@ -208,6 +208,7 @@ class _Call:
         api_key = keywords.pop("api_key", None)
         read = _Data.read(data, function)
         label = str(read.path) if read.path is not None else read.source.name
+        label = label.replace("{", "{{").replace("}", "}}")  # the data as given: no date placeholders
         job = build_job(None, {**keyword_values(keywords), "input": label, "output": IN_MEMORY}, os.environ,
                         api_key=api_key, require_key=require_key, overrides_from=f"{function}()")
         return cls(job, read, **run)

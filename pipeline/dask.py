@@ -69,7 +69,7 @@ from .jobspec import Job, build_job
 from .pricing import load_prices
 from .records import RowResult
 from .run import (EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, REAL_SEAMS, RunReport,
-                  check_columns, earlier_spend, fingerprint, state_dir, token_counter)
+                  check_columns, earlier_spend, fingerprint, run_date, state_dir, token_counter)
 from .runner import Reuse, Runner
 from .errors import OutputExistsError
 from .sinks import check_output, output_schema, result_arrays, result_fields
@@ -293,6 +293,7 @@ def run_cluster(job: Job, address: str, *, fresh: bool = False, retry_errors: bo
     _replace(tmp, output)
     summary = merge_summaries([parts[key] for key in sorted(parts)])
     code = _exit_code(summary)
+    summary.update(run_date(job))
     summary.update(elapsed_s=round(time.monotonic() - started, 3), model=job.model, input=str(job.input_path),
                    output=str(output), started_at=started_at, finished_at=_now(), exit_code=code,
                    partitions=len(parts), dask=address, state_dir=str(state),

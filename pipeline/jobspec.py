@@ -19,23 +19,27 @@ through), ``prices`` (per-model price overrides). Example::
     store = false
 
 Unknown keys and wrong types are :class:`JobError` naming the file (or flag) and the key. Nothing here
-reads the environment: the CLI passes the variables it read in.
+reads the environment: the CLI passes the variables it read in. Date placeholders in the path keys
+(``input = "exports/{date}/reviews.csv"``) are resolved here, once, for the run's date
+(:mod:`pipeline.dates`): the job holds only resolved paths.
 """
 
 from __future__ import annotations
 
 import base64
 import codecs
+import datetime
 import difflib
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from . import dates
 from .errors import JobError
-from .options import FILE_KEYS, POSITIVE, RANGES, REQUEST_PARAMS
+from .options import DATED_PATHS, FILE_KEYS, POSITIVE, RANGES, REQUEST_PARAMS
 from .prompts import json_mode, mentions_json
 from .redaction import public_url, url_secrets
 from .structured import OutputSpec, build_spec
@@ -138,6 +142,7 @@ class Job:
     batch_max_requests: int = 50_000
     price_overrides: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source: str = "command line"
+    run_date: datetime.date | None = None  # what {date} in the paths stood for (pipeline/dates.py)
 
     @property
     def choices_per_request(self) -> int:
@@ -175,12 +180,14 @@ def build_job(
     api_key: str | None = None,
     require_key: bool = True,
     overrides_from: str | None = None,
+    today: Callable[[], datetime.date] = dates.local_today,
 ) -> Job:
     """Merge the job file (if any) with flag overrides and the environment into a :class:`Job`.
 
     ``overrides`` holds only flags the user gave (None values are ignored); ``api_key`` is the
     ``--api-key`` flag, which wins over the environment. Errors name an override by its flag, or by
-    ``overrides_from`` (e.g. ``"enrich()"``) when the overrides are Python keywords.
+    ``overrides_from`` (e.g. ``"enrich()"``) when the overrides are Python keywords. ``today`` is
+    read once, for ``{date}`` in the paths when no ``date`` is given.
     """
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -193,10 +200,15 @@ def build_job(
         if value is not None:
             values[key], origin[key] = value, overrides_from or "--" + key.replace("_", "-")
     _check_keys(values, origin)
+    day = dates.run_date(values.get("date"), origin.get("date", ""), today)
+    for key in DATED_PATHS:
+        if key in values:
+            values[key] = dates.resolve(values[key], day, f"{origin[key]}: key '{key}'")
     paths_from_file = {k for k in ("input", "output", "prices_file", "state_dir", "cache_dir", "local_model")
                        if origin.get(k) == str(job_file)}
     job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"),
                     bool(api_key) or not require_key or bool(values.get("local")))
+    job = replace(job, run_date=day)
     if api_key:
         job = replace(job, endpoint=replace(job.endpoint, api_key=api_key))
     return job

@@ -18,6 +18,7 @@ never a job-file key, and ``--param`` is the flag form of the ``extra_body`` tab
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import os
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ TABLE = Kind((dict,), "a table")
 LIST = Kind((list,), "a list of strings")
 STR_OR_LIST = Kind((str, list), "a string or a list of strings")
 SCHEMA = Kind((dict, str), "a table (a JSON schema), JSON text or a path to one")
+DATE = Kind((str, datetime.date), "a date YYYY-MM-DD")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Option:
     parse: str | None = None  # the flag's parser in cli.py: "json", "pairs", "json_pairs", "labels", "schema"
     multiple: bool = False  # the flag may be repeated
     choices: tuple[str, ...] = ()
+    dated: bool = False  # a path in which {date}/{yesterday} are resolved (pipeline/dates.py)
 
     @property
     def flag_name(self) -> str:
@@ -77,8 +80,12 @@ class Option:
 O = Option
 OPTIONS: tuple[Option, ...] = (
     # what to read, render and write
-    O("input", PATH, "Input table: .csv, .parquet or .jsonl (with --dask: Parquet file, glob or folder)."),
-    O("output", PATH, "Output Parquet file (default: <input>.out.parquet; with --dask a dataset folder)."),
+    O("input", PATH, "Input table: .csv, .parquet or .jsonl (with --dask: Parquet file, glob or folder); "
+      "{date}, {yesterday}, {date:%Y%m%d} are replaced.", dated=True),
+    O("output", PATH, "Output Parquet file (default: <input>.out.parquet; with --dask a dataset folder); "
+      "{date} etc. are replaced.", dated=True),
+    O("date", DATE, "The run's date for {date}/{yesterday} in paths, YYYY-MM-DD, for backfills [today, "
+      "local time]."),
     O("template", STR, "User prompt template; {column} inserts a column's value."),
     O("system", STR, "System prompt (may also use {column} placeholders)."),
     O("messages_column", STR, "Column holding a whole messages list (JSON) instead of a template."),
@@ -159,7 +166,8 @@ OPTIONS: tuple[Option, ...] = (
     O("progress_interval", NUM, "Seconds between progress lines when stderr is not a terminal [30].",
       bounds=(0, None), positive=True, flag_bounds=True),
     # resume, reuse, output
-    O("state_dir", FOLDER, "Folder for the resume journal (default: <output>.state)."),
+    O("state_dir", FOLDER, "Folder for the resume journal (default: <output>.state); {date} etc. are replaced.",
+      dated=True),
     O("fresh", BOOL, "Discard the job's resume state and start over.", places=NOT_FILE),
     O("retry_errors", BOOL, "On resume, send rows that failed before again.", places=NOT_FILE),
     O("cache", BOOL, "Reuse replies to identical requests from earlier runs (opt-in).", flag="--cache/--no-cache"),
@@ -167,6 +175,8 @@ OPTIONS: tuple[Option, ...] = (
     O("dedupe", BOOL, "Send identical requests within a run once [on].", flag="--dedupe/--no-dedupe"),
     O("overwrite", BOOL, "Replace an existing output file."),
     O("quiet", BOOL, "No progress and no summary table; errors only."),
+    O("log_format", STR, "stderr lines: text (timestamped when not a terminal) or json (one object a line, "
+      "for log aggregators) [text].", places=frozenset({FLAG}), choices=("text", "json")),
     O("progress", BOOL, "Show a progress bar (tqdm.auto: a notebook widget in Jupyter) [on].",
       places=frozenset({PYTHON})),
 )
@@ -181,6 +191,7 @@ REQUEST_PARAMS = tuple(o.name for o in FILE_OPTIONS if o.request)
 RANGES: dict[str, tuple] = {o.name: o.bounds for o in OPTIONS if o.bounds is not None}
 POSITIVE = frozenset(o.name for o in OPTIONS if o.positive)
 PYTHON_KEYWORDS = frozenset(o.name for o in OPTIONS if PYTHON in o.places)
+DATED_PATHS = tuple(o.name for o in OPTIONS if o.dated)
 
 
 def check_keywords(function: str, given: Iterable[str], allowed: Iterable[str]) -> None:

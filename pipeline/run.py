@@ -336,7 +336,8 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
         raise
     exit_code = EXIT_ROW_ERRORS if tally.errors or tally.statuses["refused"] else EXIT_OK
     summary = tally.summary(elapsed_s=seams.clock() - started, extra={
-        "model": job.model, "input": str(job.input_path), "output": str(job.output_path), "finished_at": _now(),
+        "model": job.model, **run_date(job), "input": str(job.input_path), "output": str(job.output_path),
+        "finished_at": _now(),
         "exit_code": exit_code, "prices": "batch", "prices_as_of": prepared.prices.as_of,
         "state_dir": str(store.directory), "rows_unfinished": unfinished, "chatbatch_version": __version__,
         **extra})
@@ -377,10 +378,16 @@ def _exit_code(runner: Runner, tally: Tally) -> int:
     return EXIT_ROW_ERRORS if tally.errors or tally.statuses["refused"] else EXIT_OK
 
 
+def run_date(job: Job) -> dict[str, str]:
+    """The summary's ``date``: the day ``{date}`` in the job's paths stood for (see pipeline.dates)."""
+    return {"date": job.run_date.isoformat()} if job.run_date is not None else {}
+
+
 def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, exit_code: int) -> dict:
     return {
         "model": job.served_model or job.model,
         **({"local": True, "local_model": str(job.local_model)} if job.local else {}),
+        **run_date(job),
         "input": str(job.input_path),
         "output": str(job.output_path),
         "started_at": started_at,
