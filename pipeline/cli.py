@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import sys
-import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import click
 
 from . import batch as batch_mode
 from .batchapi import TERMINAL as BATCH_ENDED
+from .logs import JSON, TEXT, Log
 from .redaction import redact, url_secrets
 from .local import local_job
 from .errors import ChatbatchError, JobError, OutputError, RequestFailed
@@ -46,7 +46,6 @@ from .options import FLAG_OPTIONS, Option
 from .estimate import estimate as estimate_job
 from .estimate import format_estimate
 from .pricing import load_prices
-from .progress import timestamp
 from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_ROW_ERRORS, GRACE_S, RunReport,
                   SIGNAL_REASONS, StopSwitch, prepare, read_summary, run_job, token_counter)
 from .state import BEGIN, CONTINUE, INSPECT
@@ -168,7 +167,31 @@ def _overrides(options: dict[str, Any]) -> dict[str, Any]:
     return overrides
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The command group; with ``--log-format json`` anywhere in the arguments, click's own usage
+    errors (a bad flag value) are a JSON line too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["log_json"] = any(arg == "--log-format=json" or (arg == "--log-format" and following == "json")
+                                   for arg, following in zip(args, [*args[1:], None]))
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if not ctx.meta.get("log_json"):
+                raise
+            Log(JSON).error("error", exc.format_message(), exit_code=exc.exit_code)
+            sys.exit(exc.exit_code)
+
+
+def _log(flags: dict[str, Any]) -> Log:
+    """The log of a command taking the run flags (``--log-format``), redacting every secret known yet."""
+    return Log(flags.pop("log_format") or TEXT, secrets=known_secrets(os.environ, flags))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="chatbatch", prog_name="chatbatch")
 def main() -> None:
     """Send every row of a table to a Chat Completions endpoint and write the replies to Parquet."""
@@ -182,35 +205,46 @@ def run(job_file: Path | None, **options: Any) -> None:
     api_key = options.get("api_key")
     fresh, retry_errors = bool(options.pop("fresh")), bool(options.pop("retry_errors"))
     dask_address = options.pop("dask")
-    secrets = known_secrets(os.environ, options)
-    switch = None if dask_address else _stop_on_signals()  # a Dask run handles Ctrl-C its own way
-    with _reported(secrets, "interrupted before the run started: nothing was sent"):
+    log = _log(options)
+    switch = None if dask_address else _stop_on_signals(log)  # a Dask run handles Ctrl-C its own way
+    with _reported(log, "interrupted before the run started: nothing was sent"):
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
-        secrets.extend(job.endpoint.secrets)
+        log.secrets.extend(job.endpoint.secrets)
         with ExitStack() as stack:
             if dask_address:
-                report = _run_dask(job, dask_address, fresh, retry_errors)
+                report = _run_dask(job, dask_address, fresh, retry_errors, log)
             else:
                 if job.local:
-                    job = stack.enter_context(local_job(job, os.environ, secrets))
-                report = _run(job, fresh, retry_errors, secrets, switch)
+                    job = stack.enter_context(local_job(job, os.environ, log.secrets))
+                report = _run(job, fresh, retry_errors, log, switch)
     summary = report.summary
     if not job.quiet:
-        click.echo(redact(format_summary(summary), secrets))
-        click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
+        _show_summary(report, log)
+    stop = {"stopped": summary.get("stopped"), "exit_code": report.exit_code, "output": str(report.output_path)}
     if report.exit_code == EXIT_ABORTED:
         advice = ABORT_ADVICE.get(summary.get("stopped_by") or "",
                                   "no retry can fix this: correct the job and run it again")
-        click.echo(redact(f"chatbatch: run aborted: {summary['stopped']}\n  what to do: {advice}.\n"
-                          f"  Rows finished before the stop were written to {report.output_path}; rows "
-                          "not sent have error_type 'not_sent'. Run the same command again to resume: "
-                          "finished rows will not be sent again.", secrets), err=True)
+        log.error("aborted", f"run aborted: {summary['stopped']}\n  what to do: {advice}.\n"
+                  f"  Rows finished before the stop were written to {report.output_path}; rows "
+                  "not sent have error_type 'not_sent'. Run the same command again to resume: "
+                  "finished rows will not be sent again.", stopped_by=summary.get("stopped_by"), **stop)
     elif summary.get("stopped"):
-        click.echo(redact(f"chatbatch: stopped: {summary['stopped']}; rows finished were written to "
-                          f"{report.output_path}; rows not sent have error_type 'not_sent'.\n"
-                          "  To resume, run the same command again: finished rows will not be sent again.",
-                          secrets), err=True)
+        log.warning("stopped", f"stopped: {summary['stopped']}; rows finished were written to "
+                    f"{report.output_path}; rows not sent have error_type 'not_sent'.\n"
+                    "  To resume, run the same command again: finished rows will not be sent again.", **stop)
     sys.exit(report.exit_code)
+
+
+def _show_summary(report: RunReport, log: Log, as_json: bool = False) -> None:
+    """The summary on stdout: the table and where the files are, indented JSON (``--json``), or with
+    ``--log-format json`` one JSON line (event ``summary``) holding it all."""
+    summary, paths = report.summary, {"output": str(report.output_path), "summary_path": str(report.summary_path)}
+    if log.json:
+        log.result("summary", "", f"{summary.get('rows', 0):,} rows written to {report.output_path}",
+                   exit_code=report.exit_code, **paths, summary=summary)
+        return
+    table = json.dumps(summary, indent=2) if as_json else format_summary(summary)
+    log.result("summary", f"{table}\noutput: {report.output_path}\nsummary: {report.summary_path}")
 
 
 @main.command()
@@ -222,18 +256,18 @@ def estimate(job_file: Path | None, as_json: bool, **options: Any) -> None:
     for flag in ("fresh", "retry_errors"):
         options.pop(flag)
     dask_address = options.pop("dask")
-    secrets = known_secrets(os.environ, options)
-    with _reported(secrets, "interrupted"):
+    log = _log(options)
+    with _reported(log, "interrupted"):
         if dask_address:
             raise JobError("'estimate' does not take --dask (it sends nothing)")
         job = build_job(job_file, _overrides(options), os.environ, api_key=options.get("api_key"),
                         require_key=False)
-        secrets.extend(job.endpoint.secrets)
+        log.secrets.extend(job.endpoint.secrets)
         prepared = prepare(job, use_state=False, check_overwrite=False)
         figures = estimate_job(job, prepared.source, prepared.prices, token_counter(job))
     for warning in prepared.warnings:
-        click.echo(redact(f"chatbatch: warning: {warning}", secrets), err=True)
-    click.echo(redact(json.dumps(figures, indent=2) if as_json else format_estimate(figures), secrets))
+        log.warning("warning", warning)
+    click.echo(redact(json.dumps(figures, indent=2) if as_json else format_estimate(figures), log.secrets))
 
 
 @main.command()
@@ -245,7 +279,7 @@ def prices(prices_file: Path | None, as_json: bool) -> None:
     try:
         table = load_prices(prices_file)
     except JobError as exc:
-        _fail(str(exc), EXIT_BAD_JOB, [])
+        _fail(str(exc), EXIT_BAD_JOB, Log())
     rows = {name: {f: (float(v) if v is not None else None) for f, v in vars(price).items()}
             for name, price in sorted(table.models.items())}
     if as_json:
@@ -279,19 +313,19 @@ def _batch_command(name: str, help_text: str, action, *, purpose: str, empty: st
         kwargs = {key: flags.pop(key) for key in extra}
         resume = {key: bool(flags.pop(key)) for key in ("fresh", "retry_errors")}
         dask = flags.pop("dask")
-        secrets = known_secrets(os.environ, flags)
-        with _reported(secrets, "interrupted"):
+        log = _log(flags)
+        with _reported(log, "interrupted"):
             if dask:
                 raise JobError(f"'batch {name}' does not take --dask")
             refused = [f"--{key.replace('_', '-')}" for key, given in resume.items() if given and key not in takes]
             if refused:
                 raise JobError(f"'batch {name}' does not take {' or '.join(refused)}")
             job = build_job(job_file, _overrides(flags), os.environ, api_key=flags.get("api_key"))
-            secrets.extend(job.endpoint.secrets)
+            log.secrets.extend(job.endpoint.secrets)
             if resume["retry_errors"]:
                 kwargs["retry_errors"] = True
-            result = _run_batch_action(job, action, purpose, resume["fresh"], kwargs, secrets)
-        sys.exit(_show_batch_result(name, result, as_json, job.quiet, empty, secrets))
+            result = _run_batch_action(job, action, purpose, resume["fresh"], kwargs, log)
+        sys.exit(_show_batch_result(name, result, as_json, job.quiet, empty, log))
 
     extra = {option.name for option in options}
     for option in reversed(options):
@@ -299,7 +333,7 @@ def _batch_command(name: str, help_text: str, action, *, purpose: str, empty: st
     batch.command(name=name, help=help_text)(command)
 
 
-def _run_batch_action(job, action, purpose: str, fresh: bool, kwargs: dict, secrets: list[str]):
+def _run_batch_action(job, action, purpose: str, fresh: bool, kwargs: dict, log: Log):
     """Open the job's state as ``purpose`` says, run ``action`` with an HTTP client, close the state."""
     if purpose == INSPECT:
         state = store = batch_mode.open_batches(job)
@@ -307,7 +341,7 @@ def _run_batch_action(job, action, purpose: str, fresh: bool, kwargs: dict, secr
         state = prepare(job, fresh=fresh, purpose=purpose)
         store = state.store
         for warning in state.warnings:
-            click.echo(redact(f"chatbatch: warning: {warning}", secrets), err=True)
+            log.warning("warning", warning)
     try:
         return asyncio.run(_with_http(action, job, state, **kwargs))
     finally:
@@ -322,20 +356,23 @@ async def _with_http(action, job, state, **kwargs):
         return await action(job, state, http, **kwargs)
 
 
-def _show_batch_result(name: str, result, as_json: bool, quiet: bool, empty: str, secrets: list[str]) -> int:
+def _show_batch_result(name: str, result, as_json: bool, quiet: bool, empty: str, log: Log) -> int:
     """Print a batch command's result (redacted); return its exit code (see the module docstring)."""
     if isinstance(result, RunReport):
-        return _show_collected(result, as_json, quiet, secrets)
-    for text in [json.dumps(result, indent=2)] if as_json else map(_batch_line, result):
-        click.echo(redact(text, secrets))
+        return _show_collected(result, as_json, quiet, log)
+    if as_json:
+        log.result("batches", json.dumps(result, indent=2), f"{len(result)} batch(es)", batches=result)
+    else:
+        for item in result:
+            log.result("batch", _batch_line(item), batch=item)
     if not result:
-        click.echo(f"chatbatch: {empty}", err=True)
+        log.info("note", empty)
     if name == "cancel":
         return EXIT_ROW_ERRORS if any(item["cancel"] == "failed" for item in result) else 0
     running = [item for item in result if item["status"] not in BATCH_ENDED]
     if name == "collect":
-        click.echo(f"chatbatch: {len(running)} batch(es) still running: collect again later, or with --wait",
-                   err=True)
+        log.info("note", f"{len(running)} batch(es) still running: collect again later, or with --wait",
+                 running=len(running))
     return EXIT_PENDING if running and name in ("status", "collect") else 0
 
 
@@ -354,17 +391,17 @@ def _batch_line(item: dict) -> str:
     return "  ".join(parts)
 
 
-def _show_collected(report: RunReport, as_json: bool, quiet: bool, secrets: list[str]) -> int:
+def _show_collected(report: RunReport, as_json: bool, quiet: bool, log: Log) -> int:
     summary = report.summary
     for batch_id, errors in (summary.get("batch_errors") or {}).items():
-        click.echo(redact(f"chatbatch: batch {batch_id} failed: {errors}", secrets), err=True)
+        log.warning("batch_failed", f"batch {batch_id} failed: {errors}", batch_id=batch_id, errors=errors)
     if summary.get("rows_unfinished"):
-        click.echo(f"chatbatch: {summary['rows_unfinished']:,} rows have no final answer yet (their batch "
-                   "expired, was cancelled or failed, or the reply was invalid and is to be retried; see "
-                   "error_type): 'chatbatch batch submit' or 'chatbatch run' sends them again", err=True)
+        log.warning("unfinished", f"{summary['rows_unfinished']:,} rows have no final answer yet (their batch "
+                    "expired, was cancelled or failed, or the reply was invalid and is to be retried; see "
+                    "error_type): 'chatbatch batch submit' or 'chatbatch run' sends them again",
+                    rows_unfinished=summary["rows_unfinished"])
     if not quiet:
-        click.echo(redact(json.dumps(summary, indent=2) if as_json else format_summary(summary), secrets))
-        click.echo(f"output: {report.output_path}\nsummary: {report.summary_path}")
+        _show_summary(report, log, as_json)
     return report.exit_code
 
 
@@ -406,29 +443,33 @@ def summary(output: Path, as_json: bool) -> None:
     try:
         data = read_summary(output)
     except JobError as exc:
-        _fail(str(exc), EXIT_BAD_JOB, [])
+        _fail(str(exc), EXIT_BAD_JOB, Log())
     click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
 
 
-def _stop_on_signals() -> StopSwitch:
+def _stop_on_signals(log: Log) -> StopSwitch:
     """From here on SIGINT/SIGTERM stop the run gracefully, even one that has not started yet: it
     then starts stopped and writes every row (journaled ones as they are, the rest ``not_sent``)."""
-    switch = StopSwitch()
+    def say(text: str) -> None:
+        if not (log.json or log.stamp):
+            log.stream.write("\n")  # on a terminal: end the progress bar's line first
+        log.warning("stopping", text)
+
+    switch = StopSwitch(say)
     for signum, reason in SIGNAL_REASONS.items():
         signal.signal(signum, lambda _signum, _frame, reason=reason: switch.press(reason))
     return switch
 
 
-def _run(job, fresh: bool, retry_errors: bool, secrets: list[str], switch: StopSwitch):
+def _run(job, fresh: bool, retry_errors: bool, log: Log, switch: StopSwitch):
     grace_s = _grace_s()
     prepared = prepare(job, fresh=fresh, retry_errors=retry_errors)
-    mode = "quiet" if job.quiet else ("bar" if sys.stderr.isatty() else "log")
-    stamp = f"{timestamp(time.time())} " if mode == "log" else ""  # cron: every log line is timestamped
+    mode = "quiet" if job.quiet else "json" if log.json else ("bar" if sys.stderr.isatty() else "log")
     for warning in prepared.warnings:
-        click.echo(redact(f"{stamp}chatbatch: warning: {warning}", secrets), err=True)
+        log.warning("warning", warning)
     for note in prepared.notes:
         if not job.quiet:
-            click.echo(redact(f"{stamp}chatbatch: {note}", secrets), err=True)
+            log.info("note", note)
     return asyncio.run(run_job(job, prepared=prepared, progress_mode=mode, handle_signals=True,
                                retry_errors=retry_errors, grace_s=grace_s, stop=switch))
 
@@ -441,13 +482,13 @@ def _grace_s() -> float:
         raise JobError(f"{GRACE_ENV} must be a number of seconds, got {value!r}") from None
 
 
-def _run_dask(job, address: str, fresh: bool, retry_errors: bool):
+def _run_dask(job, address: str, fresh: bool, retry_errors: bool, log: Log):
     try:
         from .dask import run_cluster
         import distributed  # noqa: F401  (the extra's second half)
     except ImportError as exc:
         raise JobError(f"--dask needs the dask extra: pip install 'chatbatch[dask]' ({exc})") from exc
-    echo = None if job.quiet else (lambda line: click.echo(line, err=True))
+    echo = None if job.quiet else (lambda line: log.info("progress", line.removeprefix("chatbatch: ")))
     return run_cluster(job, address, fresh=fresh, retry_errors=retry_errors, echo=echo)
 
 
@@ -470,26 +511,26 @@ def known_secrets(env: Mapping[str, str], flags: Mapping[str, Any]) -> list[str]
 
 
 @contextmanager
-def _reported(secrets: list[str], interrupted: str) -> Iterator[None]:
+def _reported(log: Log, interrupted: str) -> Iterator[None]:
     """The CLI boundary: every failure becomes one redacted line on stderr and its exit code."""
     try:
         yield
     except JobError as exc:
-        _fail(str(exc), EXIT_BAD_JOB, secrets)
+        _fail(str(exc), EXIT_BAD_JOB, log)
     except KeyboardInterrupt:
-        _fail(interrupted, EXIT_INTERRUPTED, secrets)
+        _fail(interrupted, EXIT_INTERRUPTED, log)
     except RequestFailed as exc:  # the API refused (auth, quota, ...): said as run says it
-        _fail(_with_advice(str(exc), exc.error_type), EXIT_ABORTED, secrets)
+        _fail(_with_advice(str(exc), exc.error_type), EXIT_ABORTED, log)
     except OutputError as exc:
         _fail(f"{exc}\n  The run stopped; rows finished before the stop are kept in the job's journal "
               "(the state folder). Fix the cause (e.g. free disk space) and run the same command again: "
-              "finished rows will not be sent again.", EXIT_INTERNAL, secrets)
+              "finished rows will not be sent again.", EXIT_INTERNAL, log)
     except ChatbatchError as exc:
-        _fail(str(exc), EXIT_ABORTED, secrets)
+        _fail(str(exc), EXIT_ABORTED, log)
     except (Exception, asyncio.CancelledError) as exc:  # the last resort: never a traceback (secrets)
-        _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, secrets)
+        _fail(f"internal error: {type(exc).__name__}: {exc}", EXIT_INTERNAL, log)
 
 
-def _fail(message: str, code: int, secrets: list[str]) -> None:
-    click.echo(f"chatbatch: error: {redact(message, secrets)}", err=True)
+def _fail(message: str, code: int, log: Log) -> None:
+    log.error("error", message, exit_code=code)
     sys.exit(code)

@@ -411,10 +411,12 @@ class StopSwitch:
 
     The first stop stops dispatching and gives requests in flight ``grace_s`` to finish; a second
     stop, or the end of the grace, cancels them. A stop before the run starts stops it as soon as it
-    does; one after the run has finished (while the output is written) changes nothing.
+    does; one after the run has finished (while the output is written) changes nothing. ``say``
+    tells the user a stop began (default: a line on stderr).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self._say = say or (lambda text: sys.stderr.write(f"\nchatbatch: {text}\n"))  # the CLI's log
         self._lock = threading.RLock()  # re-entrant: a signal handler may press while this thread holds it
         self._runner: Runner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -452,8 +454,8 @@ class StopSwitch:
         first = not runner.stopping
         runner.request_stop(reason)
         if first:
-            sys.stderr.write(f"\nchatbatch: {reason}: sending no more requests; those in flight get up to "
-                             f"{self._grace_s:g}s to finish (signal again to cancel them)\n")
+            self._say(f"{reason}: sending no more requests; those in flight get up to "
+                      f"{self._grace_s:g}s to finish (signal again to cancel them)")
             self._timers.append(asyncio.get_running_loop().call_later(
                 self._grace_s, lambda: runner.request_stop(reason)))
 
