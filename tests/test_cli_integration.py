@@ -9,6 +9,7 @@ left on disk. Retries use tiny backoffs so the whole file runs in well under a m
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -607,7 +608,7 @@ def test_bad_job_exits_2_and_sends_nothing(case, fake, cli, tmp_path):
     proc = cli.run("run", *args, *common)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert fake.requests == [], "nothing may be sent for a bad job"
-    assert proc.stderr.startswith("chatbatch: error:"), proc.stderr
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ chatbatch: error:", proc.stderr), proc.stderr  # stamped: not a terminal
     for text in expected:
         assert text in proc.stderr, f"{text!r} not in {proc.stderr!r}"
     assert "Traceback" not in proc.stderr

@@ -15,6 +15,7 @@ from pipeline import cli as cli_module
 from pipeline.errors import JobError
 from pipeline.jobspec import build_job
 from pipeline.local import server_environment
+from pipeline.logs import Log
 from pipeline.redaction import public_url, redact, url_secrets
 
 # offsets of the echoed key in the server's message: around the 500-character cut, and far from it
@@ -172,7 +173,7 @@ def test_the_local_server_environment_holds_no_keys():
 
 def test_the_last_resort_handler_redacts(capsys):
     with pytest.raises(SystemExit) as stopped:
-        with cli_module._reported(["sk-lastresort-1"], "interrupted"):
+        with cli_module._reported(Log(secrets=["sk-lastresort-1"]), "interrupted"):
             raise RuntimeError("unexpected: sk-lastresort-1 was in here")
     assert stopped.value.code == cli_module.EXIT_INTERNAL
     err = capsys.readouterr().err
