@@ -17,6 +17,10 @@ progress display, prints the summary, and maps outcomes to the documented exit c
 0 or 5; ``collect`` 0, 1 (rows failed or still unanswered) or 5; ``cancel`` 0, or 1 when a cancel
 was refused (the other batches are still cancelled). 2, 3, 4 and 130 as above for all of them.
 
+Every message goes through one :class:`~pipeline.logs.Log` (redacted; ``--log-format json``: one JSON
+object a line, click's usage errors included; text lines are timestamped when stderr is not a
+terminal).
+
 ``CHATBATCH_STOP_GRACE_S`` sets how long requests in flight may finish after the first Ctrl-C /
 SIGTERM (default 10 s, never more than the job's ``timeout``).
 """

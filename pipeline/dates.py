@@ -55,11 +55,6 @@ def run_date(given: object, where: str, today: Callable[[], datetime.date] = loc
     raise JobError(f"{where}: key 'date' must be a date YYYY-MM-DD (e.g. 2026-11-30), got {given!r}")
 
 
-def has_placeholders(text: str) -> bool:
-    """Whether ``text`` uses ``{date}``/``{yesterday}`` (or any brace that resolving would read)."""
-    return "{" in text or "}" in text
-
-
 def resolve(text: str, day: datetime.date, where: str = "path") -> str:
     """``text`` with every placeholder replaced for the run's date ``day``; ``{{``/``}}`` are braces."""
     try:
