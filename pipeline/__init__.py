@@ -19,8 +19,19 @@ The command line (``chatbatch``, or ``python -m pipeline``) is a thin shell over
 
 __version__ = "0.1.0"
 
-# after the submodules they import: ``pipeline.estimate`` is the function, not the module
-from .api import Job, aenrich, enrich, estimate  # noqa: E402
-from .errors import ChatbatchError, JobError, RunAborted  # noqa: E402
-
 __all__ = ["ChatbatchError", "Job", "JobError", "RunAborted", "aenrich", "enrich", "estimate"]
+
+_API = {"Job", "aenrich", "enrich", "estimate"}
+
+
+def __getattr__(name: str):
+    """The Python API, imported when first used: the CLI (``python -m pipeline``) never pays for it."""
+    if name in _API or name in {"ChatbatchError", "JobError", "RunAborted"}:
+        from . import api, errors
+
+        # ``pipeline.estimate`` is the function, not the module of that name
+        globals().update({n: getattr(api, n) for n in _API})
+        globals().update(ChatbatchError=errors.ChatbatchError, JobError=errors.JobError,
+                         RunAborted=errors.RunAborted)
+        return globals()[name]
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

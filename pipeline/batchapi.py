@@ -22,6 +22,7 @@ from .client import http_failure, transport_failure
 from .errors import BadResponse
 from .jobspec import Endpoint, RetrySettings
 from .retry import call_with_retries
+from .transport import no_reply
 
 MAX_REQUESTS = 50_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -67,8 +68,10 @@ class BatchClient:
             try:
                 response = await self._http.request(method, self._base + path + self._query, headers=self._headers,
                                                     timeout=TIMEOUT_S, **kwargs)
-            except (TimeoutError, httpx.TransportError) as exc:
+            except TimeoutError as exc:
                 raise transport_failure(exc, self._secrets, TIMEOUT_S, context=context) from exc
+            except httpx.TransportError as exc:
+                raise transport_failure(no_reply(exc), self._secrets, TIMEOUT_S, context=context) from exc
             if response.status_code >= 300:
                 raise http_failure(response, self._secrets, context=context, final=final)
             if raw:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Collection
-
-import httpx
+from typing import TYPE_CHECKING, Any, Collection
 
 from .errors import (AuthFailed, BadResponse, QuotaExhausted, RateLimited, RequestFailed,
                      RowRejected, ServerError, TimedOut, TransportFailure)
@@ -28,7 +26,10 @@ from .headers import rate_limit_info, retry_after_s
 from .jobspec import Endpoint
 from .records import Completion, Usage
 from .redaction import redact, redact_cut
-from .transport import HttpxPoster, Poster, Reply
+from .transport import ConnectionFailed, HttpxPoster, Poster, Reply, is_poster
+
+if TYPE_CHECKING:
+    import httpx
 
 MAX_ERROR_CHARS = 500
 
@@ -37,7 +38,7 @@ class ChatClient:
     """Sends chat-completion bodies to one endpoint."""
 
     def __init__(self, http: Poster | httpx.AsyncClient, endpoint: Endpoint, timeout_s: float) -> None:
-        self._poster = HttpxPoster(http, timeout_s) if isinstance(http, httpx.AsyncClient) else http
+        self._poster = http if is_poster(http) else HttpxPoster(http, timeout_s)
         self._url = endpoint.url
         self._headers = endpoint.headers()
         self._secrets = endpoint.secrets
@@ -47,7 +48,7 @@ class ChatClient:
         try:
             async with asyncio.timeout(self._timeout_s):
                 response = await self._poster.post(self._url, self._headers, body)
-        except (TimeoutError, httpx.TransportError) as exc:
+        except (TimeoutError, ConnectionFailed) as exc:
             raise transport_failure(exc, self._secrets, self._timeout_s) from exc
         info = rate_limit_info(response.headers)
         if response.status_code == 200:
@@ -84,26 +85,14 @@ def http_failure(response: httpx.Response | Reply, secrets: Collection[str], *, 
     return RowRejected(message, http_status=status, error_type=code or kind or None)
 
 
-def transport_failure(exc: BaseException, secrets: Collection[str], timeout_s: float, *,
+def transport_failure(exc: TimeoutError | ConnectionFailed, secrets: Collection[str], timeout_s: float, *,
                       context: str = "") -> TransportFailure:
-    """The error for a request that got no HTTP response: a timeout, or a failed connection."""
-    if _is_timeout(exc):
+    """The error for a request that got no HTTP response: a timeout, or a failed connection
+    (see :func:`pipeline.transport.no_reply` for httpx's exceptions)."""
+    if isinstance(exc, TimeoutError):
         return TimedOut(f"{context}no reply within {timeout_s:g}s")
     detail = redact_cut(str(exc) or type(exc).__name__, MAX_ERROR_CHARS, secrets)
     return TransportFailure(f"{context}connection failed: {detail}", error_type="connection_error")
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    """A real timeout, as opposed to a refused or dropped connection.
-
-    httpx-aiohttp maps every aiohttp connection error (refused, reset, server disconnected) to
-    ``httpx.ConnectTimeout``; what caused it tells the two apart.
-    """
-    if isinstance(exc, TimeoutError):
-        return True
-    if not isinstance(exc, httpx.TimeoutException):
-        return False
-    return exc.__cause__ is None or isinstance(exc.__cause__, TimeoutError)
 
 
 def error_fields(content: bytes, secrets: Collection[str] = ()) -> tuple[str | None, str | None, str]:

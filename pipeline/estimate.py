@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .cache import request_digest
@@ -154,6 +153,8 @@ def _likely_completion_tokens(output: Path, prefix: str = "") -> float | None:
         return None
     if status not in names or tokens not in names:
         return None
+    import pyarrow.compute as pc
+
     fresh_ok = pc.equal(table[status], "ok")
     if cached in names:
         fresh_ok = pc.and_(fresh_ok, pc.invert(pc.fill_null(table[cached], False)))

@@ -27,7 +27,7 @@ the unreachable-endpoint check (the host is up)::
 
 from __future__ import annotations
 
-import httpx
+from urllib.parse import urlsplit
 
 from .errors import InvalidOutput, NotSent, RequestFailed, RowRejected, TransportFailure
 
@@ -39,9 +39,9 @@ class FailFast:
     """Counts this run's failed attempts until the first valid reply; says when to stop."""
 
     def __init__(self, endpoint_url: str, limit: int = FAIL_FAST_ROWS) -> None:
-        url = httpx.URL(endpoint_url)
+        url = urlsplit(endpoint_url)
         self.limit = limit
-        self.host = f"{url.host}:{url.port or _DEFAULT_PORTS.get(url.scheme, '?')}"
+        self.host = f"{url.hostname}:{url.port or _DEFAULT_PORTS.get(url.scheme, '?')}"
         self.armed = True  # until the first valid reply
         self._unanswered: int | None = 0  # connect failures; None once any HTTP answer came
         self._invalid = 0

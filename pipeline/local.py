@@ -31,11 +31,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
-
-import httpx
 
 from .errors import JobError
 from .private import FILE_MODE, private_dir
@@ -131,14 +130,21 @@ def _wait_until_ready(process: subprocess.Popen, base_url: str, log_path: Path) 
         if process.poll() is not None:
             raise JobError(f"the local model server exited (code {process.returncode}) before it was ready; "
                            f"its log ({log_path}) ends:\n{_tail(log_path)}")
-        try:
-            if httpx.get(base_url + "/models", timeout=2.0, trust_env=False).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if _answers(base_url + "/models"):
+            return
         time.sleep(0.25)
     raise JobError(f"the local model server did not answer within {START_TIMEOUT_S:g}s; "
                    f"its log ({log_path}) ends:\n{_tail(log_path)}")
+
+
+def _answers(url: str) -> bool:
+    """Whether the server at ``url`` (on 127.0.0.1: never through a proxy) answers 200."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2.0) as response:
+            return response.status == 200
+    except OSError:  # refused, reset, timed out, or an HTTP error status
+        return False
 
 
 def stop(process: subprocess.Popen) -> None:

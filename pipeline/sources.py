@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -253,6 +252,8 @@ def _scan_csv(path: Path, encoding: str, null_values: tuple[str, ...], block_byt
 
 def _lossless(cells: pa.Array, target: pa.DataType) -> bool:
     """True when every cell is exactly the text its value as ``target`` prints as."""
+    import pyarrow.compute as pc  # only CSV typing needs it (its import costs a tenth of a second)
+
     pattern = _INTEGER if target == pa.int64() else _FLOAT
     if not pc.all(pc.match_substring_regex(cells, pattern)).as_py():
         return False

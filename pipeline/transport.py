@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import urllib.request
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol
 from urllib.parse import urlsplit
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +48,8 @@ class Poster(Protocol):
 class AiohttpPoster:
     """POSTs ready-made bodies to one URL over aiohttp's connection pool (the production path).
 
-    It raises httpx's transport exceptions (``ConnectError``, ``ReadError``, ``RemoteProtocolError``,
-    ``ReadTimeout``) with aiohttp's as the cause, so :func:`pipeline.client.transport_failure` maps
-    every transport alike.
+    A request that gets no HTTP reply raises ``TimeoutError`` or :class:`ConnectionFailed` (aiohttp's
+    exception as the cause), which :func:`pipeline.client.transport_failure` maps.
     """
 
     def __init__(self, concurrency: int, proxy: str | None = None) -> None:
@@ -66,7 +66,9 @@ class AiohttpPoster:
             async with self._session.post(url, data=body, headers=headers, proxy=self._proxy) as response:
                 return Reply(response.status, response.headers, await response.read())
         except self._aiohttp.ClientError as exc:
-            raise _httpx_error(exc) from exc
+            if isinstance(exc, TimeoutError):
+                raise
+            raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -76,27 +78,40 @@ class HttpxPoster:
     """The same over an ``httpx.AsyncClient`` (unit tests inject one on ``httpx.MockTransport``)."""
 
     def __init__(self, http: httpx.AsyncClient, timeout_s: float) -> None:
+        import httpx
+
         self._http = http
         self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        response = await self._http.post(url, content=body, headers=headers, extensions=self._extensions)
+        import httpx
+
+        try:
+            response = await self._http.post(url, content=body, headers=headers, extensions=self._extensions)
+        except httpx.TransportError as exc:
+            raise no_reply(exc) from exc
         return Reply(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
 
-def _httpx_error(exc: BaseException) -> httpx.TransportError:
-    """aiohttp's exception as the httpx transport exception of the same meaning."""
-    if isinstance(exc, TimeoutError):
-        return httpx.ReadTimeout(str(exc) or "timed out")
-    name = type(exc).__name__
-    if name in ("ClientPayloadError", "ServerDisconnectedError"):
-        return httpx.RemoteProtocolError(str(exc) or name)
-    if name in ("ClientOSError",):
-        return httpx.ReadError(str(exc) or name)
-    return httpx.ConnectError(str(exc) or name)
+class ConnectionFailed(Exception):
+    """A request that got no HTTP reply and did not time out: refused, reset, or cut off."""
+
+
+def no_reply(exc: httpx.TransportError) -> TimeoutError | ConnectionFailed:
+    """httpx's transport exception as ``TimeoutError`` or :class:`ConnectionFailed`.
+
+    httpx-aiohttp maps every aiohttp connection error (refused, reset, server disconnected) to
+    ``httpx.ConnectTimeout``; what caused it tells a real timeout from a failed connection.
+    """
+    import httpx
+
+    cause = exc.__cause__
+    if isinstance(exc, httpx.TimeoutException) and (cause is None or isinstance(cause, TimeoutError)):
+        return TimeoutError(str(exc) or "timed out")
+    return ConnectionFailed(str(exc) or type(exc).__name__)
 
 
 def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
@@ -112,6 +127,10 @@ def proxy_for(url: str, env: Mapping[str, str]) -> str | None:
         return None
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     return proxy if proxy is None or "://" in proxy else "http://" + proxy
+
+
+def is_poster(http: object) -> bool:
+    return isinstance(http, (AiohttpPoster, HttpxPoster))
 
 
 def make_http_client(concurrency: int, timeout_s: float, proxy: str | None = None) -> AiohttpPoster:

@@ -134,7 +134,7 @@ def test_changed_job_after_an_interrupted_run_is_refused(fake, tmp_path):
 
 
 def test_a_concurrent_run_of_the_same_job_is_locked_out(fake, tmp_path):
-    write_input(tmp_path, [f"item {i}" for i in range(400)])
+    write_input(tmp_path, [f"[[slow:0.2]] item {i}" for i in range(400)])  # the first run lasts seconds
     first = subprocess.Popen(command(fake, tmp_path), env=environment(), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
