@@ -125,6 +125,7 @@ class Job:
     retry: RetrySettings = RetrySettings()
     overwrite: bool = False
     quiet: bool = False
+    report: bool = False  # write <output>.report.html after the run (the CLI does)
     column_prefix: str = ""
     progress_interval_s: float = 30.0
     prices_file: Path | None = None
@@ -315,6 +316,7 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         ),
         overwrite=values.get("overwrite", False),
         quiet=values.get("quiet", False),
+        report=values.get("report", False),
         column_prefix=values.get("column_prefix", ""),
         progress_interval_s=float(values.get("progress_interval", 30.0)),
         prices_file=path("prices_file"),

@@ -177,6 +177,8 @@ OPTIONS: tuple[Option, ...] = (
     O("quiet", BOOL, "No progress and no summary table; errors only."),
     O("log_format", STR, "stderr lines: text (timestamped when not a terminal) or json (one object a line, "
       "for log aggregators) [text].", places=frozenset({FLAG}), choices=("text", "json")),
+    O("report", BOOL, "run / batch collect: also write <output>.report.html, a page of charts (the report "
+      "extra).", places=frozenset({FILE, FLAG})),
     O("progress", BOOL, "Show a progress bar (tqdm.auto: a notebook widget in Jupyter) [on].",
       places=frozenset({PYTHON})),
 )

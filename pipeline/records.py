@@ -58,6 +58,7 @@ class RowResult:
     latency_s: float | None = None
     cached: bool = False  # answered from an identical request's reply: nothing new was billed
     fields: tuple | None = None  # structured-output column values (see pipeline.structured)
+    finished_at: float | None = None  # when its final answer came (Unix seconds); None: no request
 
 
 def skipped_result(reason: str) -> RowResult:
@@ -88,15 +89,17 @@ def result_to_json(result: RowResult) -> str:
          c.usage.cached_tokens, c.usage.reasoning_tokens]]
     return _encode([result.status, result.attempts, completion, result.error_type, result.error_message,
                     result.http_status, None if result.cost_usd is None else str(result.cost_usd),
-                    result.latency_s, result.cached, result.fields])
+                    result.latency_s, result.cached, result.fields, result.finished_at])
 
 
 def result_from_json(text: str | bytes) -> RowResult:
-    status, attempts, c, error_type, error_message, http_status, cost, latency, cached, fields = json.loads(text)
+    """The result :func:`result_to_json` wrote (one journaled before ``finished_at`` existed has none)."""
+    status, attempts, c, error_type, error_message, http_status, cost, latency, cached, fields, *rest = \
+        json.loads(text)
     completion = None if c is None else Completion(
         replies=tuple(c[0]), finish_reasons=tuple(c[1]), refusal=c[2], model=c[3], response_id=c[4],
         system_fingerprint=c[5], http_status=c[6], usage=Usage(*c[7]))
     return RowResult(status=status, attempts=attempts, completion=completion, error_type=error_type,
                      error_message=error_message, http_status=http_status,
                      cost_usd=None if cost is None else Decimal(cost), latency_s=latency, cached=cached,
-                     fields=tuple(fields) if fields is not None else None)
+                     fields=tuple(fields) if fields is not None else None, finished_at=rest[0] if rest else None)

@@ -55,7 +55,7 @@ from .cache import ResponseCache
 from .runner import Reuse
 from .redaction import redact
 from .sinks import (SUMMARY_KEY, ParquetSink, TableSink, check_output, output_schema, remove_stale_temp,
-                    write_text_atomically)
+                    structured_columns, write_text_atomically)
 from .sources import Source, TableSource, open_source
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED
 from .state import BEGIN, TOTALS_KEY, TRANSIENT, StateStore, open_state
@@ -342,7 +342,7 @@ async def write_report(job: Job, prepared: Prepared, started: float, seams: Seam
         "finished_at": _now(),
         "exit_code": exit_code, "prices": "batch", "prices_as_of": prepared.prices.as_of,
         "state_dir": str(store.directory), "rows_unfinished": unfinished, "chatbatch_version": __version__,
-        **extra})
+        **job_facts(job), **extra})
     text = redact(to_json(summary), job.endpoint.secrets)
     sink.commit({SUMMARY_KEY: text.encode()})
     summary_path = job.output_path.with_name(job.output_path.name + ".summary.json")
@@ -385,8 +385,22 @@ def run_date(job: Job) -> dict[str, str]:
     return {"date": job.run_date.isoformat()} if job.run_date is not None else {}
 
 
+def job_facts(job: Job) -> dict:
+    """What a reader of the output needs from the job (the run report): its name and its columns."""
+    spec = job.output
+    metadata = job.params.get("metadata")
+    name = metadata.get("job") if isinstance(metadata, dict) else None
+    if not name and job.source not in ("command line",) and job.source.endswith(".toml"):
+        name = Path(job.source).stem
+    return {"job": name or None, "column_prefix": job.column_prefix,
+            "structured": None if spec is None else {
+                "labels": list(spec.labels) if spec.labels is not None else None,
+                "columns": [column for column, _ in structured_columns(spec)]}}
+
+
 def _run_facts(job: Job, prepared: Prepared, runner: Runner, started_at: str, exit_code: int) -> dict:
     return {
+        **job_facts(job),
         "model": job.served_model or job.model,
         **({"local": True, "local_model": str(job.local_model)} if job.local else {}),
         **run_date(job),

@@ -37,6 +37,7 @@ no row's fault (the journal cannot be written) stops the run the same way.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -111,6 +112,7 @@ class Seams:
     clock: Callable[[], float]
     sleep: Callable[[float], Awaitable[Any]]
     random: Callable[[], float]
+    wall: Callable[[], float] = time.time  # Unix time: a row's finished_at, when its 429s came
 
 
 @dataclass(frozen=True)
@@ -278,6 +280,7 @@ class Runner:
         earlier = (store.find_reply(digest) if store else None) or (cache.get(digest) if cache else None)
         if earlier is not None:
             result = reused_result(earlier)
+            result.finished_at = self.seams.wall()
             if store is not None:
                 store.record(pending.start + index, digest, result)
             self._deliver(pending, index, result)
@@ -314,6 +317,8 @@ class Runner:
     def _finish(self, pending: PendingBatch, index: int, digest: bytes, result: RowResult) -> None:
         """Journal the row (committed before any worker sends again), deliver it and its followers."""
         store, cache = self.reuse.store, self.reuse.cache
+        if result.error_type != "not_sent":
+            result.finished_at = self.seams.wall()  # copied to its followers below
         if store is not None and journaled(result):
             store.record(pending.start + index, digest, result)
         if cache is not None and result.status == STATUS_OK:
@@ -404,7 +409,7 @@ class Runner:
             cost = self._cost(completion)
         except RateLimited as exc:
             cost = Decimal(0)
-            self.tally.rate_limited += 1
+            self.tally.note_rate_limited(self.seams.wall())
             self.budget.pause(exc.retry_after_s if exc.retry_after_s is not None else DEFAULT_PAUSE_S)
             raise
         except RequestFailed as exc:

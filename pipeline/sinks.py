@@ -50,6 +50,7 @@ RESULT_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("latency_s", pa.float64()),
     ("attempts", pa.int64()),
     ("cached", pa.bool_()),
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
 )
 LIST_COLUMNS = (("replies", pa.list_(pa.string())), ("finish_reasons", pa.list_(pa.string())))
 SUMMARY_KEY = b"chatbatch.summary"
@@ -158,6 +159,7 @@ def _base_arrays(results: Sequence[RowResult], choices: int) -> list[pa.Array]:
             u.total_tokens if u else None, u.cached_tokens if u else None,
             u.reasoning_tokens if u else None,
             None if r.cost_usd is None else float(r.cost_usd), r.latency_s, r.attempts, r.cached,
+            None if r.finished_at is None else int(r.finished_at * 1000),
         )
         if choices > 1:
             values += (list(c.replies) if c else None, list(c.finish_reasons) if c else None)

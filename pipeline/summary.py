@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 from .records import STATUS_ERROR, STATUS_OK, STATUS_REFUSED, STATUS_SKIPPED, RowResult
 
 TOKEN_FIELDS = ("prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens")
+MAX_429_TIMES = 1440  # this_run.rate_limited_429_at: per second, or per minute beyond this many entries
 
 
 @dataclass
@@ -130,6 +132,7 @@ class Tally:
     cached: int = 0  # rows answered by an identical request's reply (billed once, elsewhere)
     retries: int = 0
     rate_limited: int = 0
+    rate_limited_seconds: Counter = field(default_factory=Counter)  # Unix second -> 429s in it
     cost_known_usd: Decimal = Decimal(0)
     discarded_cost_usd: Decimal = Decimal(0)  # billed replies thrown away (invalid, then retried)
     api_prompt_tokens: int = 0  # local runs: OpenAI's count of what was sent ...
@@ -148,6 +151,11 @@ class Tally:
     @property
     def not_sent(self) -> int:
         return self.error_types["not_sent"]
+
+    def note_rate_limited(self, wall_s: float) -> None:
+        """Count a 429 (rate limited) reply that came at Unix time ``wall_s``."""
+        self.rate_limited += 1
+        self.rate_limited_seconds[int(wall_s)] += 1
 
     def add(self, result: RowResult, *, resumed: bool = False) -> None:
         """Count a finished row; a ``resumed`` one (an earlier run's) counts in the rows, not the spend."""
@@ -216,9 +224,21 @@ class Tally:
             **job.figures(),
             "rows_per_s": round(self.rows_done / job.elapsed_s, 2) if job.elapsed_s > 0 else None,
             "this_run": {**this.figures(), "rows_settled": settled, "resumed_rows": self.resumed,
-                         "rows_per_s": round(settled / elapsed_s, 2) if elapsed_s > 0 else None},
+                         "rows_per_s": round(settled / elapsed_s, 2) if elapsed_s > 0 else None,
+                         "rate_limited_429_at": times_429(self.rate_limited_seconds)},
             **(extra or {}),
         }
+
+
+def times_429(per_second: Counter) -> dict[str, int]:
+    """When this run's 429s came: ISO 8601 UTC second (minute, when there are more than
+    :data:`MAX_429_TIMES` seconds) -> how many, in time order."""
+    width = 1 if len(per_second) <= MAX_429_TIMES else 60
+    binned: Counter = Counter()
+    for second, count in per_second.items():
+        binned[second - second % width] += count
+    return {datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"): count
+            for second, count in sorted(binned.items())}
 
 
 NOT_SUMMED = ("elapsed_s", "rows_per_s", "runs")  # a run's own figures: set by whoever merges

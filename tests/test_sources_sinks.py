@@ -98,11 +98,14 @@ def test_result_arrays_carry_every_field():
     completion = Completion(("a", "b"), ("stop", "length"), None, "m", "id1", "fp",
                             Usage(10, 2, 12, 4, 1))
     arrays = result_arrays([RowResult(status="ok", attempts=1, completion=completion, http_status=200,
-                                      latency_s=0.5)], 2)
+                                      latency_s=0.5, finished_at=1764567890.1234)], 2)
     values = [a.to_pylist()[0] for a in arrays]
+    finished = values.pop(19)
     assert values == ["a", "stop", None, "ok", None, None, 200, "m", "id1", "fp", 10, 2, 12, 4, 1, None,
                       0.5, 1, False, ["a", "b"], ["stop", "length"]]
     assert json.dumps(values)  # plain values, nothing exotic
+    assert finished.isoformat() == "2025-12-01T05:44:50.123000+00:00"  # UTC, to the millisecond
+    assert arrays[19].type == pa.timestamp("ms", tz="UTC")
 
 
 @pytest.mark.parametrize("cells, expected", [
