@@ -216,6 +216,9 @@ def run(job_file: Path | None, **options: Any) -> None:
     with _reported(log, "interrupted before the run started: nothing was sent"):
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
         log.secrets.extend(job.endpoint.secrets)
+        if dask_address and job.report:
+            raise JobError("--report (report = true) is not available with --dask yet: run "
+                           "'chatbatch report' on a single Parquet file instead")
         with ExitStack() as stack:
             if dask_address:
                 report = _run_dask(job, dask_address, fresh, retry_errors, log)
@@ -226,6 +229,8 @@ def run(job_file: Path | None, **options: Any) -> None:
     summary = report.summary
     if not job.quiet:
         _show_summary(report, log)
+    if job.report:
+        _write_run_report(report.output_path, job.quiet, log)
     stop = {"stopped": summary.get("stopped"), "exit_code": report.exit_code, "output": str(report.output_path)}
     if report.exit_code == EXIT_ABORTED:
         advice = ABORT_ADVICE.get(summary.get("stopped_by") or "",
@@ -333,7 +338,10 @@ def _batch_command(name: str, help_text: str, action, *, purpose: str, empty: st
             if resume["retry_errors"]:
                 kwargs["retry_errors"] = True
             result = _run_batch_action(job, action, purpose, resume["fresh"], kwargs, log)
-        sys.exit(_show_batch_result(name, result, as_json, job.quiet, empty, log))
+        code = _show_batch_result(name, result, as_json, job.quiet, empty, log)
+        if isinstance(result, RunReport) and job.report:
+            _write_run_report(result.output_path, job.quiet or as_json, log)
+        sys.exit(code)
 
     extra = {option.name for option in options}
     for option in reversed(options):
@@ -474,6 +482,50 @@ def summary(output: Path, as_json: bool) -> None:
     except JobError as exc:
         _fail(str(exc), EXIT_BAD_JOB, Log())
     click.echo(json.dumps(data, indent=2) if as_json else format_summary(data))
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output-html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the page [OUTPUT.report.html].")
+@click.option("--compare", "previous", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An earlier output of the job (e.g. yesterday's): its figures beside today's.")
+def report(output: Path, html_path: Path | None, previous: Path | None) -> None:
+    """Write a self-contained HTML page of charts for an OUTPUT Parquet file (the report extra)."""
+    log = Log(secrets=known_secrets(os.environ, {}))
+    with _reported(log, "interrupted"):
+        write_report = _report_writer()
+        try:
+            path = write_report(output, html_path, compare_with=previous, secrets=log.secrets)
+        except OutputError as exc:  # not a run's output: no journal to speak of
+            _fail(str(exc), EXIT_INTERNAL, log)
+    log.result("report", f"report: {path}", report=str(path))
+
+
+def _report_writer():
+    """:func:`pipeline.reportpage.write_report`, imported only now: matplotlib is the report extra."""
+    try:
+        from .reportpage import write_report
+    except ImportError as exc:
+        raise JobError(f"the report needs the report extra: pip install 'chatbatch[report]' ({exc})") from exc
+    return write_report
+
+
+def _write_run_report(output: Path, quiet: bool, log: Log) -> None:
+    """``--report`` after a run: the page of what was done. Its failure is said on stderr and changes
+    neither the output (already in place) nor the run's exit code."""
+    try:
+        path = _report_writer()(output, secrets=log.secrets)
+    except ChatbatchError as exc:
+        problem = str(exc)
+    except Exception as exc:  # the last resort: a report must never cost the run its exit code
+        problem = f"internal error: {type(exc).__name__}: {exc}"
+    else:
+        if not quiet:
+            log.result("report", f"report: {path}", f"report written to {path}", report=str(path))
+        return
+    log.error("report_failed", f"the report could not be written: {problem}\n  The run's output {output} is "
+              f"complete; 'chatbatch report {output}' tries again.", output=str(output))
 
 
 def _stop_on_signals(log: Log) -> StopSwitch:

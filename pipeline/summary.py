@@ -11,7 +11,8 @@ The summary describes the whole job: row counts describe the whole output (resum
 and the spend — tokens, cost, retries, 429s, requests, elapsed — is the job's over all its runs:
 what earlier runs spent (a :class:`Spend` the state keeps, see :mod:`pipeline.state`) plus this run.
 This run's own part is beside it, under ``this_run``; a rerun that sends nothing shows the job's
-figures unchanged and zeros only there.
+figures unchanged and zeros only there. ``this_run.rate_limited_429_at`` says when its 429s came
+(UTC second -> count; per minute beyond :data:`MAX_429_TIMES` seconds), for the run report's timeline.
 
 Costs add up in Decimal from exact per-row costs. Rows whose model has no known price make that
 model's cost, and the total, ``null`` — with ``cost_usd_known`` giving the part that is known.
