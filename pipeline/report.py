@@ -147,13 +147,17 @@ class Comparison:
 def read_figures(path: Path, secrets: Iterable[str] = ()) -> Figures:
     """The figures of the output at ``path``; :class:`InputError` when it is no chatbatch output."""
     summary = read_summary(path)
+    prefix = summary.get("column_prefix") or ""
     try:
         table = _read_columns(path, summary)
+        errors = _errors(path, prefix, secrets)
     except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
-    prefix = summary.get("column_prefix") or ""
+        raise InputError(f"cannot read {path} as a chatbatch output: {exc}") from exc
     labels_known, typed = _structured(summary, table, prefix)
-    column = lambda name: table.column(prefix + name) if prefix + name in table.column_names else None  # noqa: E731
+
+    def column(name: str) -> pa.ChunkedArray | None:
+        return table.column(prefix + name) if prefix + name in table.column_names else None
+
     label = column("label") if labels_known is not None else None
     return Figures(
         output=str(path), summary=summary,
@@ -161,7 +165,7 @@ def read_figures(path: Path, secrets: Iterable[str] = ()) -> Figures:
         confidence=_histogram(column("label_confidence"), "label_confidence", "probability")
         if label is not None else None,
         columns=tuple(_column_figure(name, column(name)) for name in typed if column(name) is not None),
-        errors=_errors(path, prefix, secrets),
+        errors=errors,
         latency=_histogram(column("latency_s"), "latency", "seconds", marks=True),
         prompt_tokens=_histogram(column("prompt_tokens"), "prompt tokens", "tokens"),
         completion_tokens=_histogram(column("completion_tokens"), "completion tokens", "tokens"),
@@ -215,7 +219,10 @@ def _errors(path: Path, prefix: str, secrets: Iterable[str]) -> tuple[ErrorGroup
     counts: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
     columns = [prefix + "status", prefix + "error_type", prefix + "error_message"]
-    for batch in pq.ParquetFile(path).iter_batches(columns=columns, batch_size=65536):
+    output = pq.ParquetFile(path)
+    if not set(columns) <= set(output.schema_arrow.names):
+        raise InputError(f"{path} lacks chatbatch's {', '.join(columns)} columns")
+    for batch in output.iter_batches(columns=columns, batch_size=65536):
         failed = batch.filter(pc.is_in(batch.column(0), pa.array(["error", "refused"])))
         for error_type, message in zip(failed.column(1).to_pylist(), failed.column(2).to_pylist()):
             error_type = error_type or "(none)"

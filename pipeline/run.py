@@ -390,7 +390,7 @@ def job_facts(job: Job) -> dict:
     spec = job.output
     metadata = job.params.get("metadata")
     name = metadata.get("job") if isinstance(metadata, dict) else None
-    if not name and job.source not in ("command line",) and job.source.endswith(".toml"):
+    if not name and job.source.endswith(".toml"):  # the job file's name
         name = Path(job.source).stem
     return {"job": name or None, "column_prefix": job.column_prefix,
             "structured": None if spec is None else {
