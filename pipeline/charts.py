@@ -10,8 +10,9 @@ Each function returns one ``<svg>`` element to put straight into an HTML page::
 
 How the SVG is kept self-contained and safe to inline:
 
-* Figures are made with ``matplotlib.figure.Figure`` — no pyplot, so no GUI backend and no global
-  figure state; saved as SVG (the Agg renderer lays out the text).
+* Figures are made with ``matplotlib.figure.Figure`` — no pyplot, so no GUI backend is ever chosen
+  (the process's backend setting is left alone) and no figure is kept globally; each is saved with
+  ``savefig(format="svg")`` and its settings apply only inside ``matplotlib.rc_context``.
 * ``svg.fonttype = none``: text stays ``<text>`` in the page's own sans-serif font (no embedded or
   downloaded font; matplotlib escapes it, so a label like ``<script>`` is text, never markup);
   ``text.parse_math`` off, so a ``$`` in a label is a dollar sign, not TeX.
