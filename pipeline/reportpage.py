@@ -94,7 +94,9 @@ def _headline(summary: dict) -> str:
     cost = summary.get("cost_usd")
     cards = [
         ("job", summary.get("job") or "—"), ("model", summary.get("model") or "—"),
-        ("input", summary.get("input") or "—"), ("date", summary.get("finished_at") or "—"),
+        ("input", summary.get("input") or "—"),
+        ("date", summary.get("date") or summary.get("finished_at") or "—"),  # the day {date} stands for
+        ("finished", summary.get("finished_at") or "—"),
         ("rows", _n(summary.get("rows"))), ("ok", _n(summary.get("ok"))),
         ("error", _n(summary.get("error"))), ("skipped", _n(summary.get("skipped"))),
         ("refused", _n(summary.get("refused"))), ("not sent", _n((summary.get("error_types") or {}).get("not_sent", 0))),

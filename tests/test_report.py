@@ -153,7 +153,8 @@ def test_run_report_writes_every_section_of_a_classification(classified):
         "rows": "10", "ok": "7", "error": "2", "skipped": "1", "refused": "0", "429s": "1",
         "retries": str(summary["retries"])}
     assert cards["model"] == "gpt-4o-mini" and cards["input"] == summary["input"]
-    assert cards["date"] == summary["finished_at"] and cards["cost"] == f"${summary['cost_usd']:.6f}".rstrip("0")
+    assert cards["date"] == summary["date"] and cards["finished"] == summary["finished_at"]
+    assert cards["cost"] == f"${summary['cost_usd']:.6f}".rstrip("0")
     assert cards["tokens"] == f"{summary['total_tokens']:,}"
 
     labels = page.table("labels")
@@ -384,3 +385,16 @@ def test_batch_collect_writes_the_report(cli, fake, tmp_path):
     failed = pq.read_table(tmp_path / "out.parquet").column("error_type").drop_null().to_pylist()
     assert {k: v[0] for k, v in page.table("errors").items() if k != "error_type"} == {failed[0]: "1"}
     assert "No row has a finish time" in text  # Batch API rows have none
+
+
+def test_the_headline_date_is_the_jobs_date_and_json_logs_name_the_report(cli, fake, tmp_path):
+    (tmp_path / "in.csv").write_text("text\nhello\n")
+    proc = cli.run("run", "--input", tmp_path / "in.csv", "--output", tmp_path / "out-{date}.parquet", "--template",
+                   "{text}", "--model", "gpt-4o-mini", "--base-url", fake.base_url, "--report", "--date",
+                   "2026-11-30", "--log-format", "json")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out-2026-11-30.parquet"
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["report"] for line in lines if line["event"] == "report"] == [f"{out}.report.html"]
+    cards = Page(Path(f"{out}.report.html").read_text()).sections["headline"]["cards"]
+    assert cards["date"] == "2026-11-30" and cards["finished"].startswith("20")
