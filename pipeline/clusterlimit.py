@@ -5,7 +5,7 @@ see :mod:`pipeline.dask`); every process running part of the job holds a :class:
 which its :class:`~pipeline.ratelimit.RateBudget` takes requests and tokens from.
 
 **Leasing.** The limiter keeps one bucket of requests and one of tokens, refilled at
-:data:`~pipeline.ratelimit.SAFETY` × the limits in force (configured ``rpm``/``tpm``, lowered by
+:data:`SHARE` × the limits in force (configured ``rpm``/``tpm``, lowered by
 what any server reply stated), each holding :data:`~pipeline.ratelimit.BURST_S` seconds' worth. A
 lease hands out a small slice — at most :data:`SLICE_S` seconds' worth of the rate, and never more
 than the bucket holds — so an idle process holds almost nothing and a busy one asks again soon.
@@ -38,8 +38,9 @@ import time
 from decimal import Decimal
 from typing import Any, Awaitable, Callable
 
-from .ratelimit import SAFETY, TokenBucket
+from .ratelimit import TokenBucket
 
+SHARE = 0.97  # of the limits: the processes share no server count to steer by (see ratelimit)
 SLICE_S = 0.25  # a lease holds at most this long's worth of the rate
 LEASE_TTL_S = 1.0  # capacity unused this long after it was leased goes back
 RECOVER_S = 10.0  # after a 429 the halved rate grows back to the full rate over this long
@@ -80,9 +81,9 @@ class ClusterLimiter:
             if not limit:
                 setattr(self, name, None)
             elif bucket is None:
-                setattr(self, name, TokenBucket(limit * SAFETY * factor, self._clock))
+                setattr(self, name, TokenBucket(limit * SHARE * factor, self._clock))
             else:
-                bucket.set_rate(limit * SAFETY * factor)
+                bucket.set_rate(limit * SHARE * factor)
 
     def _current_factor(self) -> float:
         now = self._clock()

@@ -103,7 +103,7 @@ class Limits:
 @dataclass(frozen=True)
 class RetrySettings:
     max_attempts: int = 6
-    backoff_base_s: float = 1.0
+    backoff_base_s: float = 0.25
     backoff_max_s: float = 60.0
     retry_timeouts: bool = True  # False: a timed-out request ends its row (local runs)
 

@@ -1,25 +1,37 @@
-"""Rate control: run just under the provider's real limits, and never into a 429 storm.
+"""Rate control: run at the provider's real limits, and never into a 429 storm.
 
 Every attempt passes :meth:`RateBudget.acquire` and reports back through :meth:`RateBudget.settle`.
 
 **Limits in force.** The configured ``rpm``/``tpm`` are ceilings. The limits the server states in its
 ``x-ratelimit-limit-*`` headers (see :func:`pipeline.headers.rate_limit_info`) are learned from every
-reply and lower them; with nothing configured, the learned limits are the limits. A run paces at
-:data:`SAFETY` (97%) of the limits in force.
+reply and lower them; with nothing configured, the learned limits are the limits.
 
-**Requests** go through aiolimiter's leaky bucket, holding :data:`BURST_S` seconds' worth (a fresh
-``AsyncLimiter(rpm, 60)`` would fire a whole minute's budget at once), rebuilt when the limit
-changes. Its waiters are served smallest-first, so a FIFO lock in front keeps arrival order.
+**The first wave.** Until a reply has said what the limits are (or a reply came without any rate-limit
+headers: the server does not send them), at most :data:`FIRST_WAVE` requests are in flight — even
+with ``rpm`` configured, since it may be wrong. Then the run goes straight to the limit in force,
+steered by the server's count (below), so a run whose limit is not known yet opens with a handful of
+requests, not ``concurrency`` of them into a limit of unknown burst.
 
-**Tokens** go through :class:`TokenBucket`, which — unlike aiolimiter — can refund: a request
-reserves its prompt tokens plus its *expected* output (a running mean of real replies, at most the
-job's maximum) × n, and :meth:`RateBudget.settle` swaps that for the reply's real usage. A request
-larger than the whole minute's limit is a row error, not an endless retry.
+**Requests and tokens** each go through a :class:`TokenBucket` refilled at the limit in force and
+holding :data:`BURST_S` seconds' worth (one holding a whole minute would fire a minute's budget at
+once). Once the server has sent its ``x-ratelimit-remaining-*`` count, a bucket refills at the full
+limit and the count (below) is the safety margin; a limit no count steers by is paced at
+:data:`BLIND_SHARE` of it. A FIFO lock in front keeps arrival order.
+
+**Tokens** can be refunded: a request reserves its prompt tokens plus its *expected* output (a
+running mean of real replies, at most the job's maximum) × n, and :meth:`RateBudget.settle` swaps
+that for the reply's real usage. A request larger than the whole minute's limit is a row error, not
+an endless retry.
 
 **The server's own count** guards both: a reply's ``x-ratelimit-remaining-*`` says what the server
-had left; what was sent since that request went out (at its maximum cost, to err safe) is taken off,
-the refill since added, and nothing is sent that the server would refuse. This holds whether the
-server charges ``max_tokens`` up front or real usage afterwards.
+had left just after it admitted that request, which is about when the request was sent (a server
+admits before it generates). The refill since then is added, whatever was sent after it (at its
+maximum cost, to err safe) is taken off, and nothing is sent unless the server should still have
+:data:`HEADROOM_S` seconds' worth of refill to spare after it. That margin is a *level*, not a share
+of the rate: it costs no throughput, it absorbs the timing error of the estimate, and it makes no
+difference whether the server enforces "N per rolling minute" (a minute's burst) or "N/60 each
+second" (a second's burst). This holds whether the server charges ``max_tokens`` up front or real
+usage afterwards.
 
 **Latency.** In flight are at most as many requests as the limits can use over the current
 latency (twice the rate × mean latency, at least :data:`MIN_IN_FLIGHT`), so a server that slows down
@@ -42,23 +54,18 @@ import math
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping, Protocol
 
-from aiolimiter import AsyncLimiter
-
 from .errors import RowRejected
 from .pacing import Pacer
 from .tokens import ASSUMED_OUTPUT_TOKENS
 
 BURST_S = 1.0
-SAFETY = 0.97
+BLIND_SHARE = 0.99  # of a limit that no server count steers by
+HEADROOM_S = 0.1  # the server's count must show this long's refill to spare after a request
+FIRST_WAVE = 4  # requests in flight until a reply has said what the limits are
 MIN_IN_FLIGHT = 4
+TOLERANCE_S = 1e-6  # a shorter wait is rounding, not a wait (it would never end on a coarse clock)
 LATENCY_WEIGHT = 0.1  # of each new latency in the running mean
 OUTPUT_WEIGHT = 0.05  # of each new reply's length in the running mean of output tokens
-
-
-def bucket(per_minute: float, minimum: float = 1.0) -> AsyncLimiter:
-    """A leaky bucket refilling ``per_minute`` that holds ``BURST_S`` seconds' worth (≥ minimum)."""
-    capacity = max(per_minute * BURST_S / 60.0, minimum)
-    return AsyncLimiter(capacity, capacity * 60.0 / per_minute)
 
 
 class TokenBucket:
@@ -86,6 +93,11 @@ class TokenBucket:
         self._refill()
         need = min(amount, self.capacity)
         return 0.0 if self.level >= need else (need - self.level) / self.per_second
+
+    def used(self) -> float:
+        """How much was taken beyond the refill over the recent past (capacity − level, ≥ 0 here)."""
+        self._refill()
+        return self.capacity - self.level
 
     def take(self, amount: float) -> None:
         self._refill()
@@ -135,26 +147,50 @@ class ServerView:
     def __init__(self) -> None:
         self.limit_requests: float | None = None
         self.limit_tokens: float | None = None
-        self._remaining: dict[str, tuple[float, float, float]] = {}  # kind -> (left, at, sent before)
+        self.heard = False  # the server has stated limits, or answered a request ok without stating any
+        self._remaining: dict[str, tuple[float, float, float]] = {}  # kind -> (left, at, sent through it)
+        self._most: dict[str, float] = {}  # kind -> the most the server was seen to hold (left + cost)
 
-    def observe(self, info: Mapping[str, float], ticket: Ticket, now: float) -> bool:
-        """Take in a reply's headers; True when a stated limit changed."""
-        before = (self.limit_requests, self.limit_tokens)
+    def observe(self, info: Mapping[str, float] | None, ticket: Ticket, ok: bool) -> bool:
+        """Take in an attempt's rate-limit headers (None: it had none); True when what paces the run
+        changed: a stated limit, or a count stated for the first time."""
+        self.heard = self.heard or ok or bool(info)
+        if not info:
+            return False
+        before = (self.limit_requests, self.limit_tokens, len(self._remaining))
         self.limit_requests = info.get("limit_requests", self.limit_requests)
         self.limit_tokens = info.get("limit_tokens", self.limit_tokens)
-        for kind, sent in (("requests", ticket.sent_requests), ("tokens", ticket.sent_tokens)):
-            if f"remaining_{kind}" in info:
-                self._remaining[kind] = (info[f"remaining_{kind}"], now, sent)
-        return before != (self.limit_requests, self.limit_tokens)
+        own = {"requests": (ticket.sent_requests, 1.0), "tokens": (ticket.sent_tokens, ticket.most_tokens)}
+        for kind, (sent_before, cost) in own.items():
+            if f"remaining_{kind}" not in info:
+                continue
+            left = info[f"remaining_{kind}"]
+            self._most[kind] = max(self._most.get(kind, 0.0), left + cost)
+            known = self._remaining.get(kind)
+            if known is None or ticket.started >= known[1]:  # the latest sent is the latest word
+                self._remaining[kind] = (left, ticket.started, sent_before + cost)
+        return before != (self.limit_requests, self.limit_tokens, len(self._remaining))
 
-    def wait_s(self, kind: str, cost: float, limit: float | None, sent_total: float, now: float) -> float:
-        """How long until the server should have ``cost`` to spare (0 when unknown)."""
+    def counts(self, kind: str) -> bool:
+        """Whether the server has said how much of ``kind`` it had left."""
+        return kind in self._remaining
+
+    def wait_s(self, kind: str, cost: float, limit: float | None, sent_total: float, now: float,
+               used: float = 0.0) -> float:
+        """How long until the server should have ``cost`` to spare, and headroom (0 when unknown).
+
+        Two estimates of what it has now, the lower wins: its last count, plus the refill since, minus
+        what was sent after; and the most it was seen to hold minus ``used``, what our own bucket (at
+        the same rate) says we took beyond the refill lately — the count alone would credit the refill
+        of a time the server was already full.
+        """
         if kind not in self._remaining or not limit:
             return 0.0
-        left, at, sent_before = self._remaining[kind]
+        left, at, through = self._remaining[kind]
         per_second = limit / 60.0
-        available = min(limit, left + (now - at) * per_second) - (sent_total - sent_before)
-        need = min(cost, limit)
+        need = min(cost, limit) + min(HEADROOM_S * per_second, max(self._most[kind] - cost, 0.0))
+        available = min(max(self._most[kind], need) - used,
+                        left + (now - at) * per_second - (sent_total - through))
         return 0.0 if available >= need else (need - available) / per_second
 
 
@@ -174,7 +210,7 @@ class RateBudget:
         self.configured = (requests_per_minute, tokens_per_minute)
         self.requests_per_minute: float | None = None
         self.tokens_per_minute: float | None = None
-        self._requests: AsyncLimiter | None = None
+        self._requests: TokenBucket | None = None
         self._tokens: TokenBucket | None = None
         self._clock, self._sleep = clock, sleep
         self._resume_at = 0.0
@@ -200,20 +236,25 @@ class RateBudget:
                 self._lease.learned(self.server.limit_requests, self.server.limit_tokens)
             self.requests_per_minute, self.tokens_per_minute = rpm, tpm
             return
-        if rpm != self.requests_per_minute:
-            self.requests_per_minute = rpm
-            self._requests = bucket(rpm * SAFETY) if rpm else None
-        if tpm != self.tokens_per_minute:
-            self.tokens_per_minute = tpm
-            if not tpm:
-                self._tokens = None
-            elif self._tokens is None:
-                self._tokens = TokenBucket(tpm * SAFETY, self._clock)
-            else:
-                self._tokens.set_rate(tpm * SAFETY)
+        self.requests_per_minute, self.tokens_per_minute = rpm, tpm
+        self._requests = self._paced(self._requests, rpm, "requests")
+        self._tokens = self._paced(self._tokens, tpm, "tokens")
+
+    def _paced(self, bucket: TokenBucket | None, limit: float | None, kind: str) -> TokenBucket | None:
+        """The bucket for ``limit``: the full limit when the server's count steers, else BLIND_SHARE."""
+        if not limit:
+            return None
+        rate = limit * (1.0 if self.server.counts(kind) else BLIND_SHARE)
+        if bucket is None:
+            return TokenBucket(rate, self._clock)
+        bucket.set_rate(rate)
+        return bucket
 
     def in_flight_cap(self) -> int:
-        """Requests worth having in flight: twice what the request limit can use over the latency."""
+        """Requests worth having in flight: the first wave until the server is heard, then twice what
+        the request limit can use over the latency."""
+        if not self.server.heard:
+            return min(FIRST_WAVE, self.concurrency)
         if not self.requests_per_minute or self.latency_s is None:
             return self.concurrency
         useful = 2 * self.requests_per_minute / 60.0 * self.latency_s
@@ -248,29 +289,32 @@ class RateBudget:
     def _idle(self) -> bool:
         """Nothing to wait for: no limit known, no pause or pacing, room in flight (the fast path)."""
         return (self._requests is None and self._tokens is None and self._lease is None and self.pacer.rate is None
-                and self.in_flight < self.concurrency and self._resume_at <= self._clock())
+                and self.server.heard and self.in_flight < self.concurrency and self._resume_at <= self._clock())
 
     async def _admit(self, most: float, reserve: float) -> None:
         async with self._lock:
-            while (wait_s := self._wait_s(most)) > 0:
-                await self._sleep(wait_s)
-            while self.in_flight >= self.in_flight_cap():
-                self._freed.clear()
-                await self._freed.wait()
-            if self._requests is not None:
-                await self._requests.acquire(1)
-            if self._tokens is not None:
-                while (wait_s := self._tokens.wait_s(reserve)) > 0:
+            while True:
+                while (wait_s := self._wait_s(most)) > TOLERANCE_S:
                     await self._sleep(wait_s)
-                self._tokens.take(reserve)
+                if self.in_flight < self.in_flight_cap():
+                    break
+                self._freed.clear()  # a reply frees a place, and may bring news: look again
+                await self._freed.wait()
+            for bucket, amount in ((self._requests, 1), (self._tokens, reserve)):
+                if bucket is not None:
+                    while (wait_s := bucket.wait_s(amount)) > TOLERANCE_S:
+                        await self._sleep(wait_s)
+                    bucket.take(amount)
             if self._lease is not None:
                 await self._lease.take(reserve, self._sleep)
 
     def _wait_s(self, most: float) -> float:
         now = self._clock()
         return max(self._resume_at - now, self.pacer.wait_s(),
-                   self.server.wait_s("requests", 1, self.requests_per_minute, self.sent_requests, now),
-                   self.server.wait_s("tokens", most, self.tokens_per_minute, self.sent_tokens, now))
+                   self.server.wait_s("requests", 1, self.requests_per_minute, self.sent_requests, now,
+                                      self._requests.used() if self._requests is not None else 0.0),
+                   self.server.wait_s("tokens", most, self.tokens_per_minute, self.sent_tokens, now,
+                                      self._tokens.used() if self._tokens is not None else 0.0))
 
     def settle(self, ticket: Ticket, *, ok: bool, rate_info: Mapping[str, float] | None = None,
                used_tokens: int | None = None, output_tokens_per_choice: float | None = None) -> None:
@@ -278,7 +322,7 @@ class RateBudget:
         now = self._clock()
         self.in_flight -= 1
         self._freed.set()
-        if rate_info and self.server.observe(rate_info, ticket, now):
+        if self.server.observe(rate_info, ticket, ok):
             self._apply_limits()
         if not ok:
             return

@@ -7,8 +7,8 @@ import heapq
 
 import pytest
 
-from pipeline.clusterlimit import LEASE_TTL_S, UNLIMITED, ClusterLease, ClusterLimiter
-from pipeline.ratelimit import SAFETY, RateBudget
+from pipeline.clusterlimit import LEASE_TTL_S, SHARE, UNLIMITED, ClusterLease, ClusterLimiter
+from pipeline.ratelimit import RateBudget
 
 
 class Clock:
@@ -70,9 +70,9 @@ def test_two_processes_share_one_rate():
     clock = Clock()
     limiter = ClusterLimiter(600, None, clock=clock)  # 10 requests a second for the whole cluster
     counts = drive(clock, [lease_on(limiter, clock), lease_on(limiter, clock)], 20.0)
-    allowed = 10 * SAFETY * 20 + 10 + 2  # the rate over 20 s, the one-second bucket it starts with, rounding
+    allowed = 10 * SHARE * 20 + 10 + 2  # the rate over 20 s, the one-second bucket it starts with, rounding
     assert sum(counts) <= allowed
-    assert sum(counts) >= 0.95 * 10 * SAFETY * 20
+    assert sum(counts) >= 0.95 * 10 * SHARE * 20
     assert min(counts) > 0.3 * sum(counts)  # both are served
 
 
@@ -83,7 +83,7 @@ def test_an_idle_process_leaves_its_share_to_the_others():
     counts = drive(clock, [lease_on(limiter, clock), lease_on(limiter, clock)], 20.0,
                    active=lambda index, now: index == 0)
     assert counts[1] == 0
-    assert counts[0] >= 0.95 * 10 * SAFETY * 20
+    assert counts[0] >= 0.95 * 10 * SHARE * 20
 
 
 def test_a_429_anywhere_pauses_everyone_and_halves_the_rate():
@@ -102,7 +102,7 @@ def test_a_limit_learned_by_one_process_applies_to_all():
     assert limiter.lease(1, 0)[0] == UNLIMITED
     lease_on(limiter, clock).learned(120, None)  # the server said 120 rpm
     counts = drive(clock, [lease_on(limiter, clock)], 10.0)
-    assert counts[0] <= 2 * SAFETY * 10 + 2 + 1
+    assert counts[0] <= 2 * SHARE * 10 + 2 + 1
 
 
 def test_unused_capacity_goes_back_after_its_time():
