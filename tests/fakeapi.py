@@ -71,6 +71,14 @@ bucket to ``rpm × rpm_window_s / 60``: e.g. 1.0 enforces the rate over each
 second instead of allowing a whole minute's burst.  ``fake.rate_limited`` counts 429 rate_limit_exceeded
 replies (bucket ones and ``[[429]]`` ones, not quota ones).
 
+Random transient faults
+-----------------------
+``fake.fault_rate`` (default 0): each request that gets past the rate limits
+fails with this probability, whatever its prompt — a 500, a connection reset
+or a truncated 200 body, in turn — as a flaky provider does.  The draws come
+from ``fake.fault_random`` (``random.Random(0)`` after ``reset()``), so a run
+is repeatable given the order of requests.  ``fake.faults`` counts them.
+
 Fault directives
 ----------------
 Written anywhere in the text of the last user message, so one input table can
@@ -248,6 +256,7 @@ import asyncio
 import http
 import json
 import math
+import random
 import re
 import threading
 import time
@@ -504,6 +513,7 @@ class FakeOpenAI(FakeBatchAPI):
         self.json_word = False  # 400 a json_object request whose messages never say "json"
         self.echo_key_at: int | Callable[[str | None], int | None] | None = None  # see "Echoing the key"
         self.rpm_window_s = 60.0  # the requests bucket holds rpm × this / 60 (see Bucket)
+        self.fault_rate = 0.0  # share of requests failing at random (see "Random transient faults")
         self.port = port
         self.base_url = self.root_url = ""
         self._lock = threading.Lock()
@@ -520,6 +530,8 @@ class FakeOpenAI(FakeBatchAPI):
         self._reset_batches()
         self.rate_limited = 0
         self.billed_count = 0
+        self.faults = 0
+        self.fault_random = random.Random(0)
         self._ids = 0
         self._attempts: dict[str, int] = {}
         self._buckets: dict[str, Bucket] = {}
@@ -675,11 +687,21 @@ class FakeOpenAI(FakeBatchAPI):
         self._attempts[prompt] = attempt = self._attempts.get(prompt, 0) + 1
         entry["attempt"] = attempt
         kind, delay = self._directive(entry["prompt"], attempt, body)
+        if kind == "ok" and self.fault_rate and self.fault_random.random() < self.fault_rate:
+            kind = self._random_fault()
         if kind in ("reset", "truncate"):
             return Action(kind, 200, self._completion(body, "ok"), delay)
         self.billed_count += kind != "nochoices"  # reserved now so quota is strict
         return Action("json", 200, self._completion(body, kind), delay,
                       billed=kind != "nochoices")
+
+    def _random_fault(self) -> str:
+        """The next random fault: a 500 (raised), a reset or a truncated body, in turn."""
+        self.faults += 1
+        kind = ("status", "reset", "truncate")[self.faults % 3]
+        if kind == "status":
+            raise Reply(500, error_body("fakeapi: injected 500 Internal Server Error", "server_error", None))
+        return kind
 
     def _route(self, request: web.Request) -> str | None:
         """Return the Azure deployment (or None for /v1); raise 404 otherwise."""

@@ -708,6 +708,26 @@ def test_429s_stay_bounded_without_a_budget(fake, cli, tmp_path):
     assert proc.returncode == 0
 
 
+@pytest.mark.parametrize("rpm_given", [None, "1200"])  # not given, or given 2x too high
+def test_a_limit_not_known_yet_is_learned_without_an_opening_burst_of_429s(rpm_given, fake, cli, tmp_path):
+    """The server allows 10 a second and a burst of 10; 32 workers. Before the first reply only the
+    first wave (4) goes out, and from then on the server's remaining count steers every send, so no
+    request should meet an empty bucket: 2 allows for a badly stalled machine. (Before: all 32 went
+    out at once, 22 of them into 429s.)"""
+    fake.rpm, fake.rpm_window_s, fake.latency_s = 600, 1.0, 0.05
+    n = 40
+    inp = write_csv(tmp_path / "in.csv", {"text": [f"row {i}" for i in range(n)]})
+    out = tmp_path / "out.parquet"
+    limit = ["--rpm", rpm_given] if rpm_given else []
+    proc = cli.run(*base_args(fake, inp, out), "--template", "{text}", "--concurrency", "32", *limit)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_rows(out)
+    assert [(r["status"], r["reply"]) for r in rows] == [("ok", f"ECHO row {i}") for i in range(n)]
+    assert fake.rate_limited <= 2, f"{fake.rate_limited} 429s"
+    assert sum(r["attempts"] for r in rows) <= n + 2
+    assert_no_secret(proc, tmp_path)
+
+
 # --------------------------------------------------------------------------------------------------
 # 8. messages column
 
