@@ -109,7 +109,7 @@ OPTIONS: tuple[Option, ...] = (
     O("tpm", NUM, "Tokens-per-minute budget.", bounds=(0, None), positive=True, flag_bounds=True),
     O("max_attempts", INT, "Attempts per row, the first included [6].", bounds=(1, 1000), flag_bounds=(1, None)),
     O("timeout", NUM, "Seconds to wait for one reply [120].", bounds=(0, None), positive=True, flag_bounds=True),
-    O("backoff_base", NUM, "First retry's backoff ceiling, seconds [0.25]; 3x per retry.", bounds=(0, None), flag_bounds=True),
+    O("backoff_base", NUM, "First retry's backoff ceiling, seconds [0.25]; 2x per retry.", bounds=(0, None), flag_bounds=True),
     O("backoff_max", NUM, "Largest backoff in seconds [60].", bounds=(0, None), flag_bounds=True),
     # the request body (CreateChatCompletionRequest names)
     O("temperature", NUM, "Sampling temperature, 0 to 2.", request=True, bounds=(0, 2)),

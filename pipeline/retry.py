@@ -7,10 +7,11 @@
 * *How long do I wait?* — exactly what the server asked for (``retry-after-ms``, ``retry-after``,
   reset headers) if it said (the rate budget then spaces the retries, so they do not land
   together); else exponential backoff with full jitter: a uniform draw in
-  ``[0, min(backoff_max, backoff_base * BACKOFF_GROWTH**(attempt-1))]``. With the defaults the
-  ceilings are 0.25, 0.75, 2.25, 6.75 and 20.25 s: a transient failure (a 5xx, a reset, a cut-off
-  body) is retried within a quarter of a second, so the last rows of a run do not wait seconds for
-  nothing, while six attempts still span as long as an outage needs (at most ~30 s, as before).
+  ``[0, min(backoff_max, backoff_base * 2**(attempt-1))]``. With the defaults the ceilings are
+  0.25, 0.5, 1, 2 and 4 s (openai-python's start at 0.5 s): a transient failure (a 5xx, a reset, a
+  cut-off body) is retried within a quarter of a second, so the last rows of a run do not wait
+  seconds for nothing; six attempts span up to ~8 s (raise ``backoff_base`` or ``max_attempts`` for
+  an endpoint with long outages).
 * *When do I stop?* — after ``max_attempts`` attempts, or when the run is stopping.
 
 ``sleep`` and ``random`` are injected so tests run instantly and the same way every time. Every
@@ -29,8 +30,6 @@ from .jobspec import RetrySettings
 
 T = TypeVar("T")
 
-BACKOFF_GROWTH = 3  # each retry's backoff ceiling is this many times the one before
-
 
 @dataclass(frozen=True, slots=True)
 class Outcome(Generic[T]):
@@ -46,7 +45,7 @@ def backoff_s(settings: RetrySettings, attempt: int, failure: RequestFailed, ran
     """How long to wait after ``attempt`` (1-based) failed with ``failure``."""
     if failure.retry_after_s is not None:  # the server said: exactly that
         return failure.retry_after_s
-    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * BACKOFF_GROWTH ** (attempt - 1))
+    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** (attempt - 1))
     return random() * ceiling
 
 
