@@ -1,4 +1,4 @@
-"""Async orchestration: one reader, ``concurrency`` workers, one writer, bounded queues.
+"""Async orchestration: one reader, ``2 × concurrency`` workers, one writer, bounded queues.
 
 ::
 
@@ -14,6 +14,9 @@
   so memory stays flat however long the input.
 * Each worker runs one request through :func:`pipeline.retry.call_with_retries`; every attempt first
   passes the :class:`~pipeline.ratelimit.RateBudget`, and a 429 pauses the budget for the whole run.
+  A worker holds one of ``concurrency`` sending slots while it handles its row, but not while the row
+  waits for a retry: the spare workers (:data:`WORKERS_PER_SLOT`) keep the other rows going, so a
+  backoff delays only its own row.
   A finished row is journaled (group commit) and no request is sent while a finished row is still
   uncommitted, so a SIGKILL leaves at most ``concurrency`` sent-but-unrecorded requests.
 * The writer waits for batches to complete in input order and appends them to the sink.
@@ -70,6 +73,7 @@ CHUNK_ROWS = 1024
 CHUNK_BYTES = 4 << 20  # a chunk also holds at most about this much input (100 KB rows: 40 a chunk)
 WINDOW_ROWS = 32768  # the writer's window holds WINDOW_ROWS // CHUNK_ROWS chunks: at most 128 MB
 DEFAULT_PAUSE_S = 1.0  # run-wide pause after a 429 that named no wait
+WORKERS_PER_SLOT = 2  # workers per sending slot: rows waiting for a retry hold no slot
 MAX_INTERNAL_ERROR_CHARS = 500
 
 
@@ -140,6 +144,7 @@ class Runner:
         self.stop_reason: str | None = None
         self.fatal: RequestFailed | CostCapReached | StateError | None = None
         self._stop = asyncio.Event()
+        self._slots = asyncio.Semaphore(job.limits.concurrency)  # rows being handled, not waiting to retry
         self._workers: list[asyncio.Task] = []
         self._waiting: set[asyncio.Task] = set()  # workers waiting for the rate budget
         self._busy: set[asyncio.Task] = set()  # workers handling a row (a second stop cancels them)
@@ -195,7 +200,8 @@ class Runner:
     async def run(self) -> None:
         work: asyncio.Queue = asyncio.Queue(maxsize=2 * self.job.limits.concurrency)
         window: asyncio.Queue = asyncio.Queue(maxsize=max(2, WINDOW_ROWS // CHUNK_ROWS))
-        self._workers = [asyncio.create_task(self._worker(work)) for _ in range(self.job.limits.concurrency)]
+        self._workers = [asyncio.create_task(self._worker(work))
+                         for _ in range(WORKERS_PER_SLOT * self.job.limits.concurrency)]
         writer = asyncio.create_task(self._writer(window))
         try:
             await self._produce(work, window)
@@ -435,12 +441,24 @@ class Runner:
         return reservation
 
     async def _process(self, body: bytes, prompt_tokens: int) -> RowResult:
+        async with self._slots:
+            return await self._process_in_slot(body, prompt_tokens)
+
+    async def _retry_wait(self, seconds: float) -> None:
+        """Wait before a retry without a sending slot: another row uses it meanwhile."""
+        self._slots.release()
+        try:
+            await self._sleep(seconds)
+        finally:  # shielded: cancelled here, the acquire still completes, balancing the caller's release
+            await asyncio.shield(self._slots.acquire())
+
+    async def _process_in_slot(self, body: bytes, prompt_tokens: int) -> RowResult:
         latency: list = [None]
         invalid = [0]  # replies that failed validation so far (each one billed)
         try:
             outcome = await call_with_retries(
                 lambda: self._attempt(body, prompt_tokens, latency, invalid), self.job.retry,
-                sleep=self._sleep, random=self.seams.random, stopping=lambda: self.stopping)
+                sleep=self._retry_wait, random=self.seams.random, stopping=lambda: self.stopping)
         except RequestFailed as exc:  # fatal: record it on the row and stop the run
             self.fatal = self.fatal or exc
             if not self.stopping:

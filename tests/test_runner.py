@@ -128,8 +128,38 @@ def test_transient_failures_retry_then_row_errors_stay_and_exit_code_is_1(tmp_pa
     assert [(r["status"], r["attempts"]) for r in out] == [("ok", 3), ("error", 1), ("ok", 1)]
     assert out[1]["error_type"] == "context_length_exceeded" and out[1]["http_status"] == 400
     assert calls["Say: bad"] == 1
-    assert time.slept == [0.5, 1.0]  # full jitter with random()=0.5 over 1 s, then 2 s
+    assert time.slept == [0.125, 0.25]  # full jitter with random()=0.5 under 0.25 s, then 0.5 s
     assert report.exit_code == 1 and report.summary["retries"] == 2
+
+
+class SlowSleep(FakeTime):
+    """A fake clock whose sleeps let the rest of the run go on for a while (a backoff takes time)."""
+
+    async def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+
+def test_a_row_waiting_to_retry_leaves_its_sending_slot_to_the_next_rows(tmp_path):
+    sent, in_flight = [], [0, 0]  # now, most
+
+    async def handler(request):
+        sent.append(prompt_of(request))
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight)
+        await asyncio.sleep(0)
+        in_flight[0] -= 1
+        if sent.count("Say: flaky") == 1 and sent[-1] == "Say: flaky":
+            return httpx.Response(503, json={"error": {"message": "overloaded", "type": "server_error"}})
+        return httpx.Response(200, json=completion("fine"))
+
+    report, out = run(make_job(tmp_path, ["flaky", "b", "c"], concurrency=1), handler, SlowSleep())
+    assert [(r["status"], r["attempts"]) for r in out] == [("ok", 2), ("ok", 1), ("ok", 1)]
+    assert sent[:2] == ["Say: flaky", "Say: b"]  # b went out while flaky waited
+    assert sent.count("Say: flaky") == 2 and len(sent) == 4
+    assert in_flight[1] == 1  # still one request at a time
 
 
 def test_a_429_pauses_the_whole_run(tmp_path):
