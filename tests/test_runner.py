@@ -147,11 +147,12 @@ def test_a_row_waiting_to_retry_leaves_its_sending_slot_to_the_next_rows(tmp_pat
 
     async def handler(request):
         sent.append(prompt_of(request))
+        first_flaky = sent.count("Say: flaky") == 1 and sent[-1] == "Say: flaky"
         in_flight[0] += 1
         in_flight[1] = max(in_flight)
         await asyncio.sleep(0)
         in_flight[0] -= 1
-        if sent.count("Say: flaky") == 1 and sent[-1] == "Say: flaky":
+        if first_flaky:
             return httpx.Response(503, json={"error": {"message": "overloaded", "type": "server_error"}})
         return httpx.Response(200, json=completion("fine"))
 
