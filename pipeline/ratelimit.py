@@ -27,8 +27,9 @@ an endless retry.
 had left just after it admitted that request, which is about when the request was sent (a server
 admits before it generates). The refill since then is added, whatever was sent after it (at its
 maximum cost, to err safe) is taken off, and nothing is sent unless the server should still have
-:data:`HEADROOM_S` seconds' worth of refill to spare after it. That margin is a *level*, not a share
-of the rate: it costs no throughput, it absorbs the timing error of the estimate, and it makes no
+:data:`HEADROOM_S` seconds' worth of refill to spare after it (doubled by each wave of 429s that
+comes all the same, up to :data:`MAX_HEADROOM_S`). That margin is a *level*, not a share of the
+rate: it costs no throughput, it absorbs the timing error of the estimate, and it makes no
 difference whether the server enforces "N per rolling minute" (a minute's burst) or "N/60 each
 second" (a second's burst). This holds whether the server charges ``max_tokens`` up front or real
 usage afterwards.
@@ -60,7 +61,9 @@ from .tokens import ASSUMED_OUTPUT_TOKENS
 
 BURST_S = 1.0
 BLIND_SHARE = 0.99  # of a limit that no server count steers by
-HEADROOM_S = 0.1  # the server's count must show this long's refill to spare after a request
+HEADROOM_S = 0.1  # the server's count must show this long's refill to spare after a request ...
+MAX_HEADROOM_S = 1.0  # ... doubled by every 429 that still came (up to this, and half the bucket)
+WIDEN_INTERVAL_S = 1.0  # at most one doubling per this long (one wave of 429s)
 FIRST_WAVE = 4  # requests in flight until a reply has said what the limits are
 MIN_IN_FLIGHT = 4
 TOLERANCE_S = 1e-6  # a shorter wait is rounding, not a wait (it would never end on a coarse clock)
@@ -150,6 +153,8 @@ class ServerView:
         self.heard = False  # the server has stated limits, or answered a request ok without stating any
         self._remaining: dict[str, tuple[float, float, float]] = {}  # kind -> (left, at, sent through it)
         self._most: dict[str, float] = {}  # kind -> the most the server was seen to hold (left + cost)
+        self.headroom_s = HEADROOM_S
+        self._widened_at = -math.inf
 
     def observe(self, info: Mapping[str, float] | None, ticket: Ticket, ok: bool) -> bool:
         """Take in an attempt's rate-limit headers (None: it had none); True when what paces the run
@@ -171,6 +176,13 @@ class ServerView:
                 self._remaining[kind] = (left, ticket.started, sent_before + cost)
         return before != (self.limit_requests, self.limit_tokens, len(self._remaining))
 
+    def widen(self, now: float) -> None:
+        """A 429 came all the same (the estimate erred: a loaded machine, replies out of order): keep
+        more to spare, once per wave of 429s. A level, not a share of the rate: it costs no throughput."""
+        if now - self._widened_at >= WIDEN_INTERVAL_S:
+            self.headroom_s = min(2 * self.headroom_s, MAX_HEADROOM_S)
+            self._widened_at = now
+
     def counts(self, kind: str) -> bool:
         """Whether the server has said how much of ``kind`` it had left."""
         return kind in self._remaining
@@ -188,7 +200,7 @@ class ServerView:
             return 0.0
         left, at, through = self._remaining[kind]
         per_second = limit / 60.0
-        need = min(cost, limit) + min(HEADROOM_S * per_second, max(self._most[kind] - cost, 0.0))
+        need = min(cost, limit) + min(self.headroom_s * per_second, max(self._most[kind] - cost, 0.0) / 2)
         available = min(max(self._most[kind], need) - used,
                         left + (now - at) * per_second - (sent_total - through))
         return 0.0 if available >= need else (need - available) / per_second
@@ -265,6 +277,7 @@ class RateBudget:
         """A 429: hold back every request for ``seconds`` from now, then pace (see module doc)."""
         self._resume_at = max(self._resume_at, self._clock() + seconds)
         self.pacer.cut()
+        self.server.widen(self._clock())
         if self._lease is not None:
             self._lease.pause(seconds)
 

@@ -70,6 +70,9 @@ def test_the_servers_remaining_count_holds_requests_back():
     assert view.wait_s("tokens", 100, 6000, sent_total=1300, now=1.0) == pytest.approx(1.1)
     assert view.wait_s("tokens", 100, 6000, sent_total=1000, now=0.0) == 0
     assert view.wait_s("requests", 1, 60, sent_total=10, now=1.0) == 0  # nothing said about requests
+    view.widen(now=1.0)  # a 429 came all the same: 0.2 s (20 tokens) to spare from now on
+    view.widen(now=1.5)  # the same wave: no more
+    assert view.wait_s("tokens", 100, 6000, sent_total=1300, now=1.0) == pytest.approx(1.2)
 
 
 def test_request_larger_than_the_whole_tpm_is_a_row_error():
