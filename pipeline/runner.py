@@ -298,27 +298,31 @@ class Runner:
         task = asyncio.current_task()
         while (item := await work.get()) is not None:
             pending, index, body, prompt_tokens, digest = item
-            if self.stopping:
-                result = not_sent_result(self._not_sent_reason())
-            else:
-                self._busy.add(task)
-                try:
-                    result = await self._process(body, prompt_tokens)
-                except asyncio.CancelledError:
-                    if task not in self._cancelled:
-                        raise
-                    task.uncancel()
-                    result = not_sent_result(
-                        "cancelled after the run was stopped a second time (if it was in flight, it may "
-                        "have been billed)" if self._cancelled.pop(task) else self._not_sent_reason())
-                except ChatbatchError as exc:  # not the row's fault (the journal cannot be written): stop
-                    self._abort(exc)
-                    result = not_sent_result(self._not_sent_reason())
-                except Exception as exc:  # the documented per-row boundary: this row fails, the run goes on
-                    result = self._internal_error(exc, "sending the request")
-                finally:
-                    self._busy.discard(task)
+            async with self._slots:  # released while the row waits to retry (see _retry_wait)
+                result = await self._handle(task, body, prompt_tokens)
             self._finish(pending, index, digest, result)
+
+    async def _handle(self, task: asyncio.Task, body: bytes, prompt_tokens: int) -> RowResult:
+        """The row's result: sent (with retries), or not sent because the run stopped."""
+        if self.stopping:
+            return not_sent_result(self._not_sent_reason())
+        self._busy.add(task)
+        try:
+            return await self._process(body, prompt_tokens)
+        except asyncio.CancelledError:
+            if task not in self._cancelled:
+                raise
+            task.uncancel()
+            return not_sent_result(
+                "cancelled after the run was stopped a second time (if it was in flight, it may "
+                "have been billed)" if self._cancelled.pop(task) else self._not_sent_reason())
+        except ChatbatchError as exc:  # not the row's fault (the journal cannot be written): stop
+            self._abort(exc)
+            return not_sent_result(self._not_sent_reason())
+        except Exception as exc:  # the documented per-row boundary: this row fails, the run goes on
+            return self._internal_error(exc, "sending the request")
+        finally:
+            self._busy.discard(task)
 
     def _finish(self, pending: PendingBatch, index: int, digest: bytes, result: RowResult) -> None:
         """Journal the row (committed before any worker sends again), deliver it and its followers."""
@@ -440,10 +444,6 @@ class Runner:
             raise NotSent(self._not_sent_reason())
         return reservation
 
-    async def _process(self, body: bytes, prompt_tokens: int) -> RowResult:
-        async with self._slots:
-            return await self._process_in_slot(body, prompt_tokens)
-
     async def _retry_wait(self, seconds: float) -> None:
         """Wait before a retry without a sending slot: another row uses it meanwhile."""
         self._slots.release()
@@ -452,7 +452,7 @@ class Runner:
         finally:  # shielded: cancelled here, the acquire still completes, balancing the caller's release
             await asyncio.shield(self._slots.acquire())
 
-    async def _process_in_slot(self, body: bytes, prompt_tokens: int) -> RowResult:
+    async def _process(self, body: bytes, prompt_tokens: int) -> RowResult:
         latency: list = [None]
         invalid = [0]  # replies that failed validation so far (each one billed)
         try:
