@@ -102,7 +102,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class RetrySettings:
-    max_attempts: int = 6
+    max_attempts: int = 8  # with the 0.25 s doubling backoff: up to ~32 s of outage ridden out
     backoff_base_s: float = 0.25
     backoff_max_s: float = 60.0
     retry_timeouts: bool = True  # False: a timed-out request ends its row (local runs)

@@ -107,7 +107,7 @@ OPTIONS: tuple[Option, ...] = (
     O("concurrency", INT, "Most requests in flight at once [32].", bounds=(1, 100_000), flag_bounds=(1, None)),
     O("rpm", NUM, "Requests-per-minute budget.", bounds=(0, None), positive=True, flag_bounds=True),
     O("tpm", NUM, "Tokens-per-minute budget.", bounds=(0, None), positive=True, flag_bounds=True),
-    O("max_attempts", INT, "Attempts per row, the first included [6].", bounds=(1, 1000), flag_bounds=(1, None)),
+    O("max_attempts", INT, "Attempts per row, the first included [8].", bounds=(1, 1000), flag_bounds=(1, None)),
     O("timeout", NUM, "Seconds to wait for one reply [120].", bounds=(0, None), positive=True, flag_bounds=True),
     O("backoff_base", NUM, "First retry's backoff ceiling, seconds [0.25]; 2x per retry.", bounds=(0, None), flag_bounds=True),
     O("backoff_max", NUM, "Largest backoff in seconds [60].", bounds=(0, None), flag_bounds=True),

@@ -8,10 +8,10 @@
   reset headers) if it said (the rate budget then spaces the retries, so they do not land
   together); else exponential backoff with full jitter: a uniform draw in
   ``[0, min(backoff_max, backoff_base * 2**(attempt-1))]``. With the defaults the ceilings are
-  0.25, 0.5, 1, 2 and 4 s (openai-python's start at 0.5 s): a transient failure (a 5xx, a reset, a
-  cut-off body) is retried within a quarter of a second, so the last rows of a run do not wait
-  seconds for nothing; six attempts span up to ~8 s (raise ``backoff_base`` or ``max_attempts`` for
-  an endpoint with long outages).
+  0.25, 0.5, 1, 2, 4, 8 and 16 s (openai-python's start at 0.5 s): a transient failure (a 5xx, a
+  reset, a cut-off body) is retried within a quarter of a second, so the last rows of a run do not
+  wait seconds for nothing, while the eight attempts still span up to ~32 s, so a short outage of
+  the endpoint fails no row (raise ``max_attempts`` for longer ones).
 * *When do I stop?* — after ``max_attempts`` attempts, or when the run is stopping.
 
 ``sleep`` and ``random`` are injected so tests run instantly and the same way every time. Every

@@ -112,3 +112,12 @@ def test_stopping_ends_before_the_next_attempt():
     calls = []
     outcome, _, _ = run(script, stopping=lambda: calls.append(1) or len(calls) > 1)
     assert outcome.stopped and script.calls == 1 and outcome.attempts == 1
+
+
+def test_the_default_retries_start_soon_and_still_ride_out_a_half_minute_outage():
+    """Sooner first retries must not shorten the outage a row survives (about 31 s before)."""
+    settings = RetrySettings()
+    ceilings = [backoff_s(settings, attempt, ServerError("HTTP 503", http_status=503), lambda: 1.0)
+                for attempt in range(1, settings.max_attempts)]
+    assert ceilings[0] <= 0.25
+    assert sum(ceilings) >= 30
