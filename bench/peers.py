@@ -20,7 +20,7 @@ Scenarios (``--scenarios``, all by default):
 =========  ==================================================================================
 right      tests/fakeapi.py enforcing ``--rpm`` (1,200) over a ``--bucket-s`` (1 s) bucket with
            x-ratelimit-limit/remaining/reset headers and 429s + retry-after; every tool is
-           given that limit; ``--limit-latency`` (0.2 s) per reply; ``--limit-rows`` (600) rows
+           given that limit; ``--limit-latency`` (0.2 s) per reply; ``--limit-rows`` (400) rows
 high       the same server; every tool is given twice the limit
 none       the same server; no tool is given a limit (the cookbook falls back to its defaults,
            1,500 RPM and 125k TPM; Curator reads the headers of its start-up probe)
@@ -34,8 +34,8 @@ Without a limit (faults, zero, slow) a tool that needs one is given a limit far 
 reach (10M RPM), so it is not the limiter that is measured. Every tool has at most
 ``--concurrency`` (100) requests in flight (the cookbook has no such setting: aiohttp's default pool
 of 100 connections bounds it). The limit servers also send tokens headers for a TPM of 100M, never
-binding. They answer Curator's start-up probe (a request with empty ``messages``) with the
-rate-limit headers, as the real API does on a 400.
+binding. They answer Curator's start-up probe (a request with empty ``messages``, a 400) with the
+rate-limit headers, which Curator's limit detection relies on (``--no-headers-on-400``: without them).
 
 Figures per tool × scenario: ``share`` = requests the server accepted (not 429) per second over the
 steady window — from ``--settle-s`` (5 s) after the first request to the last accepted one — over the
@@ -44,7 +44,7 @@ limit; ``429s`` in all and in the first 5 s; ``1st s`` = requests that arrived i
 rate from the first arrival to the last (start-up and file I/O left out); wall seconds (spawn to
 exit); CPU seconds and peak RSS of the client's process tree (``os.wait4``).
 
-    python bench/peers.py                                  # the whole grid, about 10 minutes
+    python bench/peers.py                                  # the whole grid: 10-13 minutes on this 2-core machine
     python bench/peers.py --scenarios right,none --tools chatbatch,curator --limit-rows 300
     python bench/peers.py --json bench/results/peers.json
 """
@@ -160,11 +160,13 @@ def tiktoken_cache() -> Path:
 class LimitServer(FakeOpenAI):
     """tests/fakeapi.py, plus the rate-limit headers on a 400 (Curator's start-up probe reads them)."""
 
+    headers_on_400 = True
+
     def _decide(self, request, entry, headers):
         try:
             return super()._decide(request, entry, headers)
         except Reply as err:
-            if err.status == 400 and not err.headers and self.rpm:
+            if err.status == 400 and not err.headers and self.rpm and self.headers_on_400:
                 err.headers = limit_headers(self._bucket("requests", self.rpm), self._bucket("tokens", self.tpm))
             raise
 
@@ -179,7 +181,7 @@ def serve(scenario: Scenario, args: argparse.Namespace):
         return
     tpm = SERVER_TPM if scenario.server_rpm else None
     with LimitServer(rpm=scenario.server_rpm, tpm=tpm, latency_s=scenario.latency_s) as fake:
-        fake.rpm_window_s = args.bucket_s
+        fake.rpm_window_s, fake.headers_on_400 = args.bucket_s, not args.no_headers_on_400
         yield fake.base_url, lambda: server_figures(fake.requests, scenario, args.settle_s)
 
 
@@ -310,12 +312,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scenarios", default="right,high,none,faults,zero,slow")
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--rows", type=int, default=2000, help="rows in faults, zero and slow")
-    parser.add_argument("--limit-rows", type=int, default=600, help="rows in right, high and none")
+    parser.add_argument("--limit-rows", type=int, default=400, help="rows in right, high and none")
     parser.add_argument("--rpm", type=int, default=1200, help="the limit the server enforces")
     parser.add_argument("--bucket-s", type=float, default=1.0, help="the server's RPM bucket holds rpm × this / 60")
     parser.add_argument("--limit-latency", type=float, default=0.2)
     parser.add_argument("--fault-latency", type=float, default=0.1)
     parser.add_argument("--settle-s", type=float, default=5.0, help="left out of the share's steady window")
+    parser.add_argument("--no-headers-on-400", action="store_true",
+                        help="answer a 400 without rate-limit headers (Curator then falls back to its defaults)")
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds before a run is killed")
     parser.add_argument("--client-cpu", type=int, default=0)
