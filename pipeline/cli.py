@@ -35,7 +35,7 @@ import sys
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import click
 
@@ -56,6 +56,9 @@ from .run import (EXIT_ABORTED, EXIT_BAD_JOB, EXIT_INTERRUPTED, EXIT_ROW_ERRORS,
                   SIGNAL_REASONS, StopSwitch, prepare, read_summary, run_job, token_counter)
 from .state import BEGIN, CONTINUE, INSPECT
 from .summary import format_summary
+
+if TYPE_CHECKING:
+    from .clusterlimit import ClusterStop
 
 EXIT_INTERNAL = 4
 EXIT_PENDING = 5  # batch collect/status: batches still running
@@ -212,7 +215,7 @@ def run(job_file: Path | None, **options: Any) -> None:
     fresh, retry_errors = bool(options.pop("fresh")), bool(options.pop("retry_errors"))
     dask_address = options.pop("dask")
     log = _log(options)
-    switch = None if dask_address else _stop_on_signals(log)  # a Dask run handles Ctrl-C its own way
+    switch = _stop_on_signals(log, dask=bool(dask_address))
     with _reported(log, "interrupted before the run started: nothing was sent"):
         job = build_job(job_file, _overrides(options), os.environ, api_key=api_key)
         log.secrets.extend(job.endpoint.secrets)
@@ -221,7 +224,7 @@ def run(job_file: Path | None, **options: Any) -> None:
                            "'chatbatch report' on a single Parquet file instead")
         with ExitStack() as stack:
             if dask_address:
-                report = _run_dask(job, dask_address, fresh, retry_errors, log)
+                report = _run_dask(job, dask_address, fresh, retry_errors, log, switch)
             else:
                 if job.local:
                     job = stack.enter_context(local_job(job, os.environ, log.secrets))
@@ -528,18 +531,27 @@ def _write_run_report(output: Path, quiet: bool, log: Log) -> None:
               f"complete; 'chatbatch report {output}' tries again.", output=str(output))
 
 
-def _stop_on_signals(log: Log) -> StopSwitch:
+def _stop_on_signals(log: Log, dask: bool = False) -> StopSwitch | ClusterStop:
     """From here on SIGINT/SIGTERM stop the run gracefully, even one that has not started yet: it
-    then starts stopped and writes every row (journaled ones as they are, the rest ``not_sent``)."""
+    then starts stopped and writes every row (journaled ones as they are, the rest ``not_sent``).
+    With ``--dask`` they stop every partition of the job (:class:`~pipeline.clusterlimit.ClusterStop`)."""
+    if dask:
+        from .clusterlimit import ClusterStop
+        switch = ClusterStop()
+    else:
+        switch = StopSwitch(_say_stopping(log))
+    for signum, reason in SIGNAL_REASONS.items():
+        signal.signal(signum, lambda _signum, _frame, reason=reason: switch.press(reason))
+    return switch
+
+
+def _say_stopping(log: Log) -> Callable[[str], None]:
+    """How a stop that began is told: a warning (``stopping``) in the log."""
     def say(text: str) -> None:
         if not (log.json or log.stamp):
             log.stream.write("\n")  # on a terminal: end the progress bar's line first
         log.warning("stopping", text)
-
-    switch = StopSwitch(say)
-    for signum, reason in SIGNAL_REASONS.items():
-        signal.signal(signum, lambda _signum, _frame, reason=reason: switch.press(reason))
-    return switch
+    return say
 
 
 def _run(job, fresh: bool, retry_errors: bool, log: Log, switch: StopSwitch):
@@ -593,14 +605,15 @@ def _grace_s() -> float:
         raise JobError(f"{GRACE_ENV} must be a number of seconds, got {value!r}") from None
 
 
-def _run_dask(job, address: str, fresh: bool, retry_errors: bool, log: Log):
+def _run_dask(job, address: str, fresh: bool, retry_errors: bool, log: Log, switch: ClusterStop):
     try:
         from .dask import run_cluster
         import distributed  # noqa: F401  (the extra's second half)
     except ImportError as exc:
         raise JobError(f"--dask needs the dask extra: pip install 'chatbatch[dask]' ({exc})") from exc
     echo = None if job.quiet else (lambda line: log.info("progress", line.removeprefix("chatbatch: ")))
-    return run_cluster(job, address, fresh=fresh, retry_errors=retry_errors, echo=echo)
+    return run_cluster(job, address, fresh=fresh, retry_errors=retry_errors, echo=echo, say=_say_stopping(log),
+                       stop=switch, grace_s=_grace_s())
 
 
 KEY_VARIABLES = ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY")

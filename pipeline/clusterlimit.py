@@ -19,13 +19,21 @@ learned meanwhile then applies everywhere).
 server's retry-after has passed, empties the buckets, and halves the cluster's rate (at most once
 a second), which then grows back linearly to the full rate over :data:`RECOVER_S` seconds.
 
-**Cost.** With ``max_cost_usd`` the limiter is the one cost cap: a process reserves each request's
-worst case (:meth:`ClusterLimiter.reserve_cost`) before sending it and settles it with the exact cost.
+**Cost.** With ``max_cost_usd`` the limiter is the one cost cap (:class:`ClusterCap` is a
+process's side of it): before each request a process reserves its worst case — the estimate of the
+local cap, :meth:`pipeline.spend.SpendCap.most` — with :meth:`ClusterLimiter.reserve_cost`, and
+settles it with the exact cost from ``usage`` (:meth:`ClusterLimiter.settle_cost`). The spend counts
+what earlier runs of the job were billed, part by part: the client starts the limiter with each
+part's billed total as its journal holds it (an upper bound: a part whose journal is then reset
+spent nothing in this job), and each part states its own when it starts (:meth:`ClusterLimiter.begin`),
+replacing the bound. The first reservation that could cross the cap is refused and stops the job
+(stopped by ``max_cost_reached``); every later one is refused too, so no process sends again.
 
 **Progress and stop.** Processes report their counts per part (:meth:`ClusterLimiter.report`); the
 client reads the totals (:meth:`ClusterLimiter.totals`). A process that must stop the job (auth
-failure, cost cap, Ctrl-C on the client) calls :meth:`ClusterLimiter.stop`; every process sees the
-reason in its next report's answer.
+failure) and the client (a signal: :class:`ClusterStop`) call :meth:`ClusterLimiter.stop`; every
+process sees the reason in its next report's answer (and a part that starts later, in
+:meth:`ClusterLimiter.begin`'s), and whether requests in flight are to be cancelled (a second stop).
 
 The limiter's methods are plain and quick (an Actor runs them one at a time); the clock is
 injectable, so tests drive it without a cluster.
@@ -34,11 +42,14 @@ injectable, so tests drive it without a cluster.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from decimal import Decimal
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
+from .errors import CostCapReached
 from .ratelimit import TokenBucket
+from .spend import SpendCap, cap_reached
 
 SHARE = 0.97  # of the limits: the processes share no server count to steer by (see ratelimit)
 SLICE_S = 0.25  # a lease holds at most this long's worth of the rate
@@ -47,13 +58,15 @@ RECOVER_S = 10.0  # after a 429 the halved rate grows back to the full rate over
 CUT_INTERVAL_S = 1.0  # at most one cut of the rate per this long (one wave of 429s)
 MIN_FACTOR = 1 / 16
 UNLIMITED = math.inf
+CAP_REACHED = CostCapReached.error_type
 
 
 class ClusterLimiter:
     """The cluster's one budget (see the module docstring). Plain methods, called one at a time."""
 
     def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None,
-                 max_cost_usd: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_cost_usd: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 earlier_usd: Mapping[Any, str] | None = None) -> None:
         self._clock = clock
         self.configured = (requests_per_minute, tokens_per_minute)
         self.learned_limits: list[float | None] = [None, None]
@@ -63,8 +76,11 @@ class ClusterLimiter:
         self._resume_at = 0.0
         self._factor, self._factor_at, self._last_cut = 1.0, clock(), -math.inf
         self.cost_cap = Decimal(max_cost_usd) if max_cost_usd is not None else None
-        self.spent_usd = Decimal(0)
+        self.earlier_usd = {part: Decimal(amount) for part, amount in (earlier_usd or {}).items()}
+        self.run_spent_usd = Decimal(0)  # what this run's requests cost (or may have cost)
         self.reserved_usd = Decimal(0)
+        self.stopped_by: str | None = None
+        self.hard_stop = False
         self.granted_requests = 0
         self.leases = 0  # lease calls answered (each one a round trip from a process)
         self.pauses = 0
@@ -145,27 +161,51 @@ class ClusterLimiter:
                 self._tokens.take(-tokens)
 
     # -- cost --------------------------------------------------------------------------------
-    def reserve_cost(self, amount_usd: str) -> bool:
-        """Reserve one request's worst case; False when it could push the spend past the cap."""
+    @property
+    def spent_usd(self) -> Decimal:
+        """The job's spend: earlier runs' (per part) and this run's."""
+        return sum(self.earlier_usd.values(), Decimal(0)) + self.run_spent_usd
+
+    def reserve_cost(self, amount_usd: str) -> str | None:
+        """Reserve one request's worst case: None when reserved, else why not (the job then stops)."""
         amount = Decimal(amount_usd)
-        if self.cost_cap is not None and self.spent_usd + self.reserved_usd + amount > self.cost_cap:
-            return False
+        if self.cost_cap is None:
+            return None
+        if self.stopped_by == CAP_REACHED:
+            return self.stop_reason
+        if self.spent_usd + self.reserved_usd + amount > self.cost_cap:
+            reason = cap_reached(self.cost_cap, self.spent_usd)
+            self.stop(reason, CAP_REACHED)
+            return reason
         self.reserved_usd += amount
-        return True
+        return None
 
     def settle_cost(self, reserved_usd: str, cost_usd: str | None) -> None:
         """Replace a reservation by what the attempt cost (None: unknown, assume the reservation)."""
+        if self.cost_cap is None:
+            return
         self.reserved_usd -= Decimal(reserved_usd)
-        self.spent_usd += Decimal(reserved_usd if cost_usd is None else cost_usd)
+        self.run_spent_usd += Decimal(reserved_usd if cost_usd is None else cost_usd)
 
     # -- progress and stop -------------------------------------------------------------------
-    def report(self, part: Any, counts: dict) -> str | None:
-        """A part's counts so far (each report replaces the last); returns the stop reason, if any."""
-        self.parts[part] = counts
-        return self.stop_reason
+    def begin(self, part: Any, earlier_usd: str) -> tuple[str | None, bool]:
+        """A part starts: what earlier runs spent on it (replacing the client's bound); returns
+        :meth:`report`'s answer."""
+        self.earlier_usd[part] = Decimal(earlier_usd)
+        return self.stop_reason, self.hard_stop
 
-    def stop(self, reason: str) -> None:
+    def report(self, part: Any, counts: dict) -> tuple[str | None, bool]:
+        """A part's counts so far (each report replaces the last); returns (the stop reason, if any;
+        whether requests in flight are to be cancelled)."""
+        self.parts[part] = counts
+        return self.stop_reason, self.hard_stop
+
+    def stop(self, reason: str, stopped_by: str | None = None, hard: bool = False) -> None:
+        """Stop the job: the first reason stays, and the first error class that stopped it
+        (``stopped_by``, None for a signal); ``hard`` cancels requests in flight too."""
         self.stop_reason = self.stop_reason or reason
+        self.stopped_by = self.stopped_by or stopped_by
+        self.hard_stop = self.hard_stop or hard
 
     def totals(self) -> dict:
         """The counts over every part, plus the limiter's own figures."""
@@ -173,7 +213,8 @@ class ClusterLimiter:
         total = {key: sum(part.get(key, 0) for part in self.parts.values()) for key in keys}
         total.update(cost_usd=sum(part.get("cost_usd", 0.0) for part in self.parts.values()),
                      parts=len(self.parts), granted_requests=self.granted_requests, leases=self.leases, pauses=self.pauses,
-                     limits=self.limits, stopped=self.stop_reason, spent_usd=str(self.spent_usd))
+                     limits=self.limits, stopped=self.stop_reason, stopped_by=self.stopped_by,
+                     spent_usd=str(self.spent_usd))
         return total
 
     def summaries(self) -> dict:
@@ -251,3 +292,61 @@ class ClusterLease:
         if requests or tokens:
             self._tell("give_back", requests, tokens)
         self.requests, self.tokens = 0, 0.0
+
+
+class ClusterCap:
+    """A process's side of the cluster's cost cap: what a :class:`~pipeline.runner.Runner` asks
+    instead of a local :class:`~pipeline.spend.SpendCap`. ``estimate`` (a SpendCap) says what a
+    request may cost at most; the limiter holds the spend and says yes or no."""
+
+    def __init__(self, estimate: SpendCap, ask: Callable[..., Awaitable[Any]], tell: Callable[..., Any]) -> None:
+        self._estimate, self._ask, self._tell = estimate, ask, tell
+        self._refusal = ""
+
+    async def claim(self, prompt_tokens: int) -> Decimal | None:
+        """Reserve the request's worst case at the limiter; None when the cap refuses it."""
+        amount = self._estimate.most(prompt_tokens)
+        refusal = await self._ask("reserve_cost", str(amount))
+        if refusal is not None:
+            self._refusal = refusal
+            return None
+        return amount
+
+    def settle(self, reservation: Decimal, cost_usd: Decimal | None) -> None:
+        self._tell("settle_cost", str(reservation), None if cost_usd is None else str(cost_usd))
+
+    def describe(self) -> str:
+        """Why the last claim was refused (the limiter's words: the job's spend and cap)."""
+        return self._refusal
+
+
+class ClusterStop:
+    """Signals on the client stop the job: press once, every process stops sending (requests in
+    flight get their grace); press again, they are cancelled. Presses before the limiter exists
+    (the cluster is still starting) apply as soon as it does; after :meth:`detach`, none do.
+
+    ``press`` is what a signal handler calls: it only sends a message (it waits for nothing).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # re-entrant: a signal may come while this thread holds it
+        self._limiter: Any = None
+        self.reasons: list[str] = []
+
+    def press(self, reason: str) -> None:
+        with self._lock:
+            self.reasons.append(reason)
+            limiter, hard = self._limiter, len(self.reasons) > 1
+        if limiter is not None:
+            limiter.stop(reason, None, hard)  # an Actor call: sent, not awaited
+
+    def attach(self, limiter: Any) -> None:
+        with self._lock:
+            self._limiter = limiter
+            reasons = list(self.reasons)
+        for index, reason in enumerate(reasons):
+            limiter.stop(reason, None, index > 0)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._limiter = None

@@ -7,9 +7,9 @@ From the command line::
 
 ``--dask local:N`` starts a ``LocalCluster`` of N worker processes (and closes it at the end);
 ``--dask ADDRESS`` uses a running scheduler. The input is a Parquet file, a glob or a directory of
-Parquet files (anything ``dask.dataframe.read_parquet`` opens); each Dask partition is sent by the
-same engine as a local run (:class:`~pipeline.runner.Runner`: requests, retries, structured output,
-cost). The output is a Parquet dataset — a folder with one ``part.N.parquet`` per partition, the
+Parquet files (anything ``dask.dataframe.read_parquet`` opens); each Dask partition is run as a
+local run is (:func:`pipeline.run.run_job` into a :class:`~pipeline.sinks.TableSink`: requests,
+retries, structured output, cost, journal), sharing the cluster's rate budget and cost cap. The output is a Parquet dataset — a folder with one ``part.N.parquet`` per partition, the
 columns and types of a local run — written to a temporary folder and moved into place at the end,
 and ``<output>.summary.json``, the summary of a local run summed over the partitions.
 
@@ -35,6 +35,18 @@ slows every worker). The limiter also collects progress (the client prints one l
 and spreads a stop: a partition that must stop the job (auth failure, quota) stops them all. If the
 worker holding the limiter dies, the run fails; run it again to resume.
 
+**One cost cap.** With ``max_cost`` the limiter holds the job's spend: before each request a
+partition reserves its worst case (the local cap's estimate) there and settles it with the exact
+cost, so the sum over the cluster never passes the cap; the first request that could stops the job
+(exit 3, ``stopped_by`` ``max_cost_reached``) and every partition writes its unsent rows as
+``not_sent``. A rerun counts what earlier runs spent, as a local rerun does (see
+:mod:`pipeline.clusterlimit` for how). An unknown price is refused before anything is sent.
+
+**Stopping.** SIGINT or SIGTERM on the client (:class:`~pipeline.clusterlimit.ClusterStop`) stops
+every partition from sending; requests in flight get the grace period (a second signal cancels
+them); every partition still writes all its rows, so the dataset and summary are written as after a
+local stop (exit 130), and a rerun resumes. The response cache (``cache``) is not used.
+
 **Resume.** Each partition keeps its own journal in ``<state_dir>/part-N`` (``state_dir`` defaults
 to ``<output>.state``), with the fingerprint of the job and of the partition's content. A rerun
 sends nothing for finished partitions and, within an unfinished one, only the rows not journaled.
@@ -42,8 +54,8 @@ A worker that dies mid-partition loses no finished row (they were journaled befo
 request), and Dask runs its partition again on another worker; at most ``concurrency`` requests
 that were in flight on it are sent again. ``--fresh`` discards every partition's journal.
 
-Not supported with ``--dask`` (refused before anything is sent): ``max_cost``, ``--local``, and
-inputs other than Parquet.
+Not supported with ``--dask`` (refused before anything is sent): ``--local``, and inputs other than
+Parquet.
 """
 
 from __future__ import annotations
@@ -55,28 +67,26 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .client import ChatClient
-from .clusterlimit import ClusterLease, ClusterLimiter
-from .errors import InputError, JobError
+from .clusterlimit import ClusterCap, ClusterLease, ClusterLimiter, ClusterStop
+from .errors import InputError, JobError, OutputExistsError
 from .jobspec import Job, build_job
 from .pricing import load_prices
-from .records import RowResult
-from .run import (EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, REAL_SEAMS, RunReport,
-                  check_columns, earlier_spend, fingerprint, run_date, state_dir, token_counter)
-from .runner import Reuse, Runner
-from .errors import OutputExistsError
-from .sinks import check_output, output_schema, result_arrays, result_fields
+from .run import (EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ROW_ERRORS, GRACE_S, Prepared, RunReport, Shared,
+                  check_columns, earlier_spend, fingerprint, run_date, run_job, state_dir, stored_spend)
+from .runner import Runner
+from .redaction import redact
+from .sinks import TableSink, check_output, output_schema, result_fields, write_text_atomically
 from .sources import TableSource
-from .state import TOTALS_KEY, open_state
-from .summary import Tally, merge_summaries, to_json
-from .transport import make_http_client
+from .spend import SpendCap
+from .state import INSPECT, JOURNAL_FILES, open_state
+from .summary import merge_summaries, to_json
 
 PROGRESS_S = 1.0  # how often a partition reports its counts to the limiter
 
@@ -94,17 +104,39 @@ def enrich(ddf: Any, **job_keys: Any) -> Any:
     job = build_job(None, {**job_keys, "input": "<dask>", "output": "<dask>.parquet"}, os.environ,
                     api_key=api_key)
     check_supported(job)
-    return enrich_frame(ddf, job, start_limiter(get_client(), job), state=job.state_dir)
+    return enrich_frame(ddf, job, start_limiter(get_client(), job, job.state_dir), state=job.state_dir)
 
 
-def start_limiter(client: Any, job: Job) -> Any:
-    """The job's :class:`ClusterLimiter`, started as an Actor on one of ``client``'s workers."""
-    return client.submit(ClusterLimiter, job.limits.requests_per_minute, job.limits.tokens_per_minute,
-                         actor=True, pure=False).result()
+def start_limiter(client: Any, job: Job, state: Path | None) -> Any:
+    """The job's :class:`ClusterLimiter`, started as an Actor on one of ``client``'s workers; with
+    ``max_cost`` it starts from what the partitions' journals in ``state`` say was spent."""
+    cap = str(job.max_cost_usd) if job.max_cost_usd is not None else None
+    earlier = stored_spend_by_part(state) if cap is not None and state is not None else {}
+    return client.submit(ClusterLimiter, job.limits.requests_per_minute, job.limits.tokens_per_minute, cap,
+                         earlier_usd=earlier, actor=True, pure=False).result()
+
+
+def stored_spend_by_part(state: Path) -> dict[int, str]:
+    """Each partition's billed spend over the job's runs (``part-N`` → N), when a run of the job
+    was stopped: a rerun's cap starts there (an upper bound; each partition then states its own).
+    Empty when every partition finished: the next run may have new input, and each partition states
+    what it resumes from when it starts."""
+    spend, finished = {}, True
+    for folder in sorted(state.glob("part-*")) if state.is_dir() else ():
+        number = folder.name.removeprefix("part-")
+        if not number.isdigit() or not (folder / JOURNAL_FILES[0]).is_file():
+            continue
+        store = open_state(folder, None, purpose=INSPECT)
+        try:
+            finished = finished and store.meta("complete") == "true"
+            spend[int(number)] = str(stored_spend(store).billed_usd)
+        finally:
+            store.close()
+    return {} if finished else spend
 
 
 def enrich_frame(ddf: Any, job: Job, limiter: Any, *, state: Path | None = None,
-                 retry_errors: bool = False) -> Any:
+                 retry_errors: bool = False, grace_s: float = GRACE_S) -> Any:
     """``ddf.map_partitions`` running the job on each partition, with ``meta`` from the job."""
     import pandas as pd
 
@@ -114,27 +146,29 @@ def enrich_frame(ddf: Any, job: Job, limiter: Any, *, state: Path | None = None,
     meta = ddf._meta.copy()
     for field in result_fields(job.column_prefix, job.choices_per_request, job.output):
         meta[field.name] = pd.Series([], dtype=pd.ArrowDtype(field.type), index=meta.index)
-    part = PartJob(job, limiter, state, retry_errors)
+    part = PartJob(replace(job, cache=False), limiter, state, retry_errors, min(grace_s, job.limits.timeout_s))
     return ddf.map_partitions(_enrich_partition, part, meta=meta)
 
 
 def check_supported(job: Job) -> None:
-    if job.max_cost_usd is not None:
-        raise JobError("max_cost is not supported with --dask yet (a cap per partition would not be "
-                       "one cap); run without it, or run locally")
+    """Refuse what a cluster run cannot do, and a cost cap a local run would refuse (unknown price)."""
     if job.local:
         raise JobError("--local and --dask cannot be combined")
+    if job.max_cost_usd is not None:
+        SpendCap.for_job(job, load_prices(job.prices_file, job.price_overrides))
 
 
 # -- one partition, on a worker --------------------------------------------------------------
 @dataclass(frozen=True)
 class PartJob:
-    """What every partition task needs: the job, the limiter's Actor, where journals go."""
+    """What every partition task needs: the job, the limiter's Actor, where journals go, how long
+    requests in flight may finish after a stop."""
 
     job: Job
     limiter: Any
     state: Path | None
     retry_errors: bool
+    grace_s: float = GRACE_S
 
 
 def _enrich_partition(frame: Any, part: PartJob, partition_info: dict | None = None) -> Any:
@@ -161,86 +195,68 @@ class _ActorLink:
         getattr(self._actor, method)(*args)
 
 
-class _ResultSink:
-    """Collects the result columns of a partition (the input columns stay in the frame)."""
-
-    def __init__(self, job: Job) -> None:
-        self._job = job
-        self._fields = result_fields(job.column_prefix, job.choices_per_request, job.output)
-        self._batches: list[pa.RecordBatch] = []
-
-    def write(self, batch: pa.RecordBatch, results: list[RowResult]) -> None:
-        arrays = result_arrays(results, self._job.choices_per_request, self._job.output)
-        self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=pa.schema(self._fields)))
-
-    def commit(self, metadata: dict) -> None:
-        pass
-
-    def discard(self) -> None:
-        self._batches = []
-
-    def table(self) -> pa.Table:
-        return pa.Table.from_batches(self._batches, schema=pa.schema(self._fields))
-
-
 async def run_part(part: PartJob, number: int, table: pa.Table, link: Any) -> pa.Table:
-    """Run one partition through the Runner, leasing from the limiter; returns its result columns."""
-    job = part.job
+    """Run one partition as a local run (:func:`pipeline.run.run_job`) sharing the limiter's rate
+    budget and cost cap; returns its result columns."""
+    job, source = part.job, TableSource(table)
+    prices = load_prices(job.prices_file, job.price_overrides)
     store = None
-    if part.state is not None:
-        store = open_state(part.state / f"part-{number}", fingerprint(job, _digest(table)))
-        store.begin()
     try:
-        return await _run_with_store(part, number, table, link, store)
-    finally:
+        if part.state is not None:
+            store = open_state(part.state / f"part-{number}", fingerprint(job, source.digest()))
+            store.begin(table.num_rows)
+        earlier = earlier_spend(store)
+        started = await link.ask("begin", number, str(earlier.billed_usd if earlier is not None else 0))
+    except BaseException:
         if store is not None:
             store.close()
-
-
-async def _run_with_store(part: PartJob, number: int, table: pa.Table, link: Any, store) -> pa.Table:
-    job, started = part.job, time.monotonic()
-    tally, sink = Tally(rows_total=table.num_rows), _ResultSink(job)
-    http = make_http_client(job.limits.concurrency, job.limits.timeout_s)
+        raise
+    schema = output_schema(table.schema, job.column_prefix, job.choices_per_request, job.output)
+    sink = TableSink(schema, job.choices_per_request, job.output)
     lease = ClusterLease(link.ask, link.tell, clock=time.monotonic)
-    counter = token_counter(job) if job.limits.tokens_per_minute else None
-    runner = Runner(job, TableSource(table), sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
-                    load_prices(job.prices_file, job.price_overrides), tally, REAL_SEAMS,
-                    Reuse(store=store, retry_errors=part.retry_errors, dedupe=job.dedupe), counter, lease=lease)
-    earlier = earlier_spend(store)  # what earlier runs spent on this partition: the summary is the job's
-
-    def job_totals() -> str:
-        this = tally.spend(time.monotonic() - started)
-        return (earlier.plus(this) if earlier is not None else this).to_json()
-
-    if store is not None:
-        store.track_totals(job_totals)
-    reporter = asyncio.create_task(_report_every(link, number, runner))
+    cap = ClusterCap(SpendCap.for_job(job, prices), link.ask, link.tell) if job.max_cost_usd is not None else None
+    watch = _Watch(link, number, started, part.grace_s)
     try:
-        await runner.run()
+        report = await run_job(job, prepared=Prepared(job, source, prices, (), store),
+                               retry_errors=part.retry_errors, sink=sink, shared=Shared(lease, cap, watch))
     finally:
-        reporter.cancel()
         lease.give_back()
-        await http.aclose()
-        if store is not None:
-            store.set_meta({TOTALS_KEY: job_totals()})
-    if runner.fatal is not None:  # no retry fixes it: every partition stops
-        await link.ask("stop", runner.stop_reason)
-    summary = tally.summary(elapsed_s=time.monotonic() - started, earlier=earlier, extra={
-        "requests_sent": runner.requests_sent, "stopped": runner.stop_reason,
-        "stopped_by": runner.fatal.error_type if runner.fatal is not None else None})
-    await link.ask("report", number, {**_counts(runner), "summary": summary})
-    if store is not None:
-        store.set_meta({"complete": "true" if not runner.stopping else "false"})
-    return sink.table()
+    summary = report.summary
+    if summary.get("stopped_by"):  # no retry fixes it: every partition stops (if not told already)
+        await link.ask("stop", summary["stopped"], summary["stopped_by"])
+    await link.ask("report", number, {**_counts(watch.runner), "summary": summary})
+    return sink.table.select([field.name for field in schema][table.num_columns:])
 
 
-async def _report_every(link: Any, number: int, runner: Runner) -> None:
-    """Report the partition's counts; stop it when the limiter says the job stops."""
-    while True:
-        reason = await link.ask("report", number, _counts(runner))
-        if reason and not runner.stopping:
-            runner.request_stop(reason)
-        await asyncio.sleep(PROGRESS_S)
+class _Watch:
+    """Runs beside a partition's run: reports its counts to the limiter every :data:`PROGRESS_S`,
+    stops it when the job stops (requests in flight get ``grace_s``, a second stop cancels them),
+    and tells the limiter at once when this partition must stop the job (auth, quota)."""
+
+    def __init__(self, link: Any, number: int, started: tuple[str | None, bool], grace_s: float) -> None:
+        self._link, self._number, self._answer, self._grace_s = link, number, started, grace_s
+        self.runner: Runner | None = None
+
+    async def __call__(self, runner: Runner) -> None:
+        self.runner = runner
+        loop, timer, cancelled, told = asyncio.get_running_loop(), None, False, False
+        try:
+            while True:  # the first pass runs before the partition sends anything
+                reason, hard = self._answer
+                if reason and not runner.stopping:
+                    runner.request_stop(reason)
+                    timer = loop.call_later(self._grace_s, runner.request_stop, reason)
+                if reason and hard and not cancelled:
+                    cancelled = True
+                    runner.request_stop(reason)
+                if runner.fatal is not None and not told:
+                    told = True
+                    await self._link.ask("stop", runner.stop_reason, runner.fatal.error_type)
+                await asyncio.sleep(PROGRESS_S)
+                self._answer = await self._link.ask("report", self._number, _counts(runner))
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 def _counts(runner: Runner) -> dict:
@@ -250,20 +266,16 @@ def _counts(runner: Runner) -> dict:
             "cost_usd": float(tally.cost_known_usd)}
 
 
-def _digest(table: pa.Table) -> str:
-    """A digest of a partition's content (its Arrow IPC bytes), for the partition's fingerprint."""
-    import hashlib
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.blake2b(sink.getvalue().to_pybytes(), digest_size=16).hexdigest()
-
-
 # -- the CLI's run ---------------------------------------------------------------------------
 def run_cluster(job: Job, address: str, *, fresh: bool = False, retry_errors: bool = False,
-                echo: Callable[[str], None] | None = None) -> RunReport:
-    """``chatbatch run --dask ADDRESS``: read, enrich on the cluster, write the dataset and summary."""
+                echo: Callable[[str], None] | None = None, stop: ClusterStop | None = None,
+                grace_s: float = GRACE_S) -> RunReport:
+    """``chatbatch run --dask ADDRESS``: read, enrich on the cluster, write the dataset and summary.
+
+    ``stop`` (pressed by the CLI's signal handlers) stops the job: every partition stops sending,
+    its requests in flight get ``grace_s`` to finish (a second press cancels them), and the output
+    is written with every row, as a local run's.
+    """
     import dask.dataframe as dd
 
     check_supported(job)
@@ -278,33 +290,46 @@ def run_cluster(job: Job, address: str, *, fresh: bool = False, retry_errors: bo
     if fresh and state.is_dir():
         for folder in state.glob("part-*"):
             shutil.rmtree(folder)
+    stop = stop or ClusterStop()
     started, started_at = time.monotonic(), _now()
     with _client(address) as client:
-        limiter = start_limiter(client, job)
-        frame = enrich_frame(ddf, job, limiter, state=state, retry_errors=retry_errors)
-        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-        written = frame.to_parquet(str(tmp), write_index=False, compute=False, schema=output_schema(
-            schema, job.column_prefix, job.choices_per_request, job.output))
-        future = client.compute(written)
-        _watch(future, limiter, echo, interval_s=min(job.progress_interval_s, 2.0))
-        future.result()
+        limiter = start_limiter(client, job, state)
+        stop.attach(limiter)
+        try:
+            frame = enrich_frame(ddf, job, limiter, state=state, retry_errors=retry_errors, grace_s=grace_s)
+            tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+            written = frame.to_parquet(str(tmp), write_index=False, compute=False, schema=output_schema(
+                schema, job.column_prefix, job.choices_per_request, job.output))
+            future = client.compute(written)
+            _watch(future, limiter, stop, echo, interval_s=min(job.progress_interval_s, 2.0), grace_s=grace_s)
+            future.result()
+        finally:
+            stop.detach()
         parts = limiter.summaries().result()
         totals = limiter.totals().result()
     _replace(tmp, output)
-    summary = merge_summaries([parts[key] for key in sorted(parts)])
+    summary = _job_summary(job, [parts[key] for key in sorted(parts)], totals)
     code = _exit_code(summary)
     summary.update(run_date(job))
     summary.update(elapsed_s=round(time.monotonic() - started, 3), model=job.model, input=str(job.input_path),
                    output=str(output), started_at=started_at, finished_at=_now(), exit_code=code,
-                   partitions=len(parts), dask=address, state_dir=str(state),
-                   limiter={key: totals[key] for key in ("leases", "pauses", "limits")})
+                   partitions=len(parts), dask=address, state_dir=str(state))
     elapsed = summary["elapsed_s"]
     summary["rows_per_s"] = round((summary["ok"] + summary["error"]) / elapsed, 2) if elapsed else None
     summary_path = output.with_name(output.name + ".summary.json")
-    tmp_summary = summary_path.with_name(f".{summary_path.name}.tmp-{os.getpid()}")
-    tmp_summary.write_text(to_json(summary) + "\n")
-    os.replace(tmp_summary, summary_path)
+    write_text_atomically(summary_path, redact(to_json(summary), job.endpoint.secrets) + "\n")
     return RunReport(summary, code, output, summary_path)
+
+
+def _job_summary(job: Job, parts: list[dict], totals: dict) -> dict:
+    """The partitions' summaries summed; the job's own facts (why it stopped: the limiter knows)."""
+    summary = merge_summaries(parts)
+    if summary.get("stopped"):  # (a stop after every partition had finished changed nothing)
+        summary.update(stopped=totals["stopped"] or summary["stopped"],
+                       stopped_by=totals["stopped_by"] or summary.get("stopped_by"))
+    summary.update(max_cost_usd=job.max_cost_usd,
+                   limiter={key: totals[key] for key in ("leases", "pauses", "limits")})
+    return summary
 
 
 def input_files(path: Path) -> list[str]:
@@ -344,23 +369,22 @@ def _client(address: str):
         yield client
 
 
-def _watch(future: Any, limiter: Any, echo: Callable[[str], None] | None, interval_s: float) -> None:
-    """Wait for the run, printing one progress line per interval; Ctrl-C stops the whole job."""
+def _watch(future: Any, limiter: Any, stop: ClusterStop, echo: Callable[[str], None] | None,
+           interval_s: float, grace_s: float) -> None:
+    """Wait for the run, printing one progress line per interval, and what a stop does."""
     from distributed import wait
 
-    started, interrupted = time.monotonic(), False
+    started, said = time.monotonic(), 0
     while not future.done():
         try:
             wait(future, timeout=interval_s, return_when="FIRST_COMPLETED")
         except TimeoutError:
             pass
-        except KeyboardInterrupt:
-            if interrupted:
-                raise
-            interrupted = True
-            limiter.stop("interrupted (SIGINT)").result()
-            if echo:
-                echo("chatbatch: interrupted: every worker stops sending; Ctrl-C again to abandon the run")
+        if echo and len(stop.reasons) > said:
+            said = len(stop.reasons)
+            echo(f"chatbatch: {stop.reasons[-1]}: every partition stops sending; " + (
+                f"requests in flight get up to {grace_s:g}s to finish (signal again to cancel them)"
+                if said == 1 else "requests in flight are cancelled"))
         if echo:
             echo(_progress_line(limiter.totals().result(), time.monotonic() - started))
 

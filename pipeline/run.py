@@ -35,11 +35,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 if TYPE_CHECKING:
     import httpx
-
 
 from . import __version__
 from .client import ChatClient
@@ -63,6 +62,10 @@ from .summary import Spend, Tally, to_json
 from .tokens import TokenCounter
 from .spend import SpendCap
 
+if TYPE_CHECKING:
+    from .clusterlimit import ClusterCap
+    from .ratelimit import Lease
+
 EXIT_OK, EXIT_ROW_ERRORS, EXIT_BAD_JOB, EXIT_ABORTED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130
 GRACE_S = 10.0  # how long in-flight requests may finish after Ctrl-C / SIGTERM
@@ -76,6 +79,18 @@ class RunReport:
     output_path: Path
     summary_path: Path | None  # None when the output went to an in-memory sink
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What a run shares with other processes running parts of the same job (a Dask cluster, see
+    :mod:`pipeline.dask`): where its rate budget takes capacity, the cost cap it asks (instead of
+    its own), and ``watch``, started beside the run with its Runner before anything is sent (it may
+    stop the run) and cancelled when the run ends."""
+
+    lease: Lease | None = None
+    cap: ClusterCap | None = None
+    watch: Callable[[Runner], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,8 +163,7 @@ def prepare(job: Job, *, fresh: bool = False, use_state: bool = True, check_over
                         f"(unknown) for requests served in that tier; add {job.service_tier}_input and "
                         f"{job.service_tier}_output with a [prices] table or prices_file")
     if job.max_cost_usd is not None:  # its errors (unknown price or output bound) before any request
-        SpendCap(Decimal(str(job.max_cost_usd)), prices, job.model, job.max_output_tokens, job.choices_per_request,
-                 tier=job.service_tier)
+        SpendCap.for_job(job, prices)
     if not use_state:
         if check_overwrite:
             check_output(job.output_path, job.overwrite)
@@ -188,6 +202,11 @@ def earlier_spend(store: StateStore | None) -> Spend | None:
     for a state that holds none (batch mode, an older version), what its journaled rows cost."""
     if store is None or not store.resumed:
         return None
+    return stored_spend(store)
+
+
+def stored_spend(store: StateStore) -> Spend:
+    """What the runs a state holds spent, whether or not this run resumes from it."""
     totals = store.totals()
     if totals is not None:
         return Spend.from_json(totals)
@@ -224,6 +243,7 @@ async def run_job(
     grace_s: float = GRACE_S,
     sink: TableSink | None = None,
     stop: StopSwitch | None = None,
+    shared: Shared = Shared(),
 ) -> RunReport:
     """Run ``job`` end to end and return its report (the summary and the exit code).
 
@@ -231,20 +251,20 @@ async def run_job(
     ``min(grace_s, timeout)`` seconds to finish. Raises :class:`~pipeline.errors.OutputError` when
     the output cannot be written (finished rows stay in the journal). With ``sink`` the output goes
     there (and no file is written: neither output nor summary); ``stop`` lets another thread stop
-    the run as a signal does.
+    the run as a signal does; ``shared`` is what a part of a cluster's job shares with the others.
     """
     prepared = prepared or prepare(job, fresh=fresh, retry_errors=retry_errors)
     try:
         grace_s = min(job.limits.timeout_s, grace_s)
         return await _run_prepared(job, prepared, http, seams, progress_mode, grace_s, handle_signals,
-                                   retry_errors, sink, stop)
+                                   retry_errors, sink, stop, shared)
     finally:
         if prepared.store is not None:
             prepared.store.close()
 
 
 async def _run_prepared(job, prepared, http, seams, progress_mode, grace_s, handle_signals, retry_errors,
-                        sink=None, stop=None) -> RunReport:
+                        sink=None, stop=None, shared=Shared()) -> RunReport:
     source = prepared.source
     tally = Tally(rows_total=source.num_rows)
     schema = output_schema(source.schema, job.column_prefix, job.choices_per_request, job.output)
@@ -258,7 +278,8 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, grace_s, hand
                else None)
     earlier = earlier_spend(prepared.store)
     runner = Runner(job, source, sink, ChatClient(http, job.endpoint, job.limits.timeout_s),
-                    prepared.prices, tally, seams, reuse, counter, _spend_cap(job, prepared, earlier))
+                    prepared.prices, tally, seams, reuse, counter, shared.cap or _spend_cap(job, prepared, earlier),
+                    lease=shared.lease)
     progress = Progress(tally, mode=progress_mode, interval_s=job.progress_interval_s,
                         limits=runner.budget.describe)
     started_at, started = _now(), seams.clock()
@@ -269,6 +290,7 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, grace_s, hand
 
     if prepared.store is not None:
         prepared.store.track_totals(job_totals)
+    watcher = asyncio.create_task(shared.watch(runner)) if shared.watch else None  # first: before any send
     ticker = asyncio.create_task(progress.run())
     # signals stay handled until the output is in place: a stop during the final write changes nothing
     stop = stop or StopSwitch()
@@ -281,6 +303,8 @@ async def _run_prepared(job, prepared, http, seams, progress_mode, grace_s, hand
             outcome = "stopped" if runner.stopping else ("failed" if tally.errors or tally.statuses["refused"] else "ok")
         finally:
             ticker.cancel()
+            if watcher is not None:
+                watcher.cancel()
             progress.close(outcome, runner.stop_reason)
             if prepared.store is not None:
                 prepared.store.set_meta({TOTALS_KEY: job_totals()})
@@ -356,9 +380,7 @@ def _spend_cap(job: Job, prepared: Prepared, earlier: Spend | None) -> SpendCap 
     refused and invalid ones, replies discarded for validation)."""
     if job.max_cost_usd is None:
         return None
-    return SpendCap(Decimal(str(job.max_cost_usd)), prepared.prices, job.model, job.max_output_tokens,
-                    job.choices_per_request, spent_usd=earlier.billed_usd if earlier is not None else Decimal(0),
-                    tier=job.service_tier)
+    return SpendCap.for_job(job, prepared.prices, earlier.billed_usd if earlier is not None else Decimal(0))
 
 
 def _api_equivalent(job: Job, prepared: Prepared, runner: Runner) -> dict:

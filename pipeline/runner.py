@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Awaitable
+from typing import TYPE_CHECKING, Any, Awaitable
 
 import pyarrow as pa
 
@@ -68,6 +68,9 @@ from .state import StateError, StateStore, journaled
 from .structured import LABEL_FIELD, Validator, label_confidence
 from .summary import Tally
 from .tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from .clusterlimit import ClusterCap
 
 CHUNK_ROWS = 1024
 CHUNK_BYTES = 4 << 20  # a chunk also holds at most about this much input (100 KB rows: 40 a chunk)
@@ -132,7 +135,7 @@ class Reuse:
 class Runner:
     def __init__(self, job: Job, source: Source, sink: ParquetSink, client: ChatClient,
                  prices: PriceTable, tally: Tally, seams: Seams, reuse: Reuse = Reuse(),
-                 counter: TokenCounter | None = None, cap: SpendCap | None = None,
+                 counter: TokenCounter | None = None, cap: SpendCap | ClusterCap | None = None,
                  lease: Lease | None = None) -> None:
         self.job, self.source, self.sink, self.client = job, source, sink, client
         self.prices, self.tally, self.seams, self.reuse = prices, tally, seams, reuse
@@ -410,7 +413,7 @@ class Runner:
 
     async def _send(self, body: bytes, prompt_tokens: int, latency: list) -> tuple[Completion, Decimal | None]:
         """One request, and what it cost (None: unknown price)."""
-        reservation = self._reserve(prompt_tokens)
+        reservation = await self._reserve(prompt_tokens)
         started = self.seams.clock()
         self.tally.requests_sent += 1
         cost: Decimal | None = None  # what this attempt cost; None: maybe billed, unknown
@@ -431,13 +434,17 @@ class Runner:
                 self.cap.settle(reservation, cost)
         return completion, cost
 
-    def _reserve(self, prompt_tokens: int) -> Decimal | None:
+    async def _reserve(self, prompt_tokens: int) -> Decimal | None:
         """Check the cost cap before a send; stop the run when this request could cross it."""
         if self.stopping:
             raise NotSent(self._not_sent_reason())
         if self.cap is None:
             return None
-        reservation = self.cap.reserve(prompt_tokens)
+        reservation = await self.cap.claim(prompt_tokens)
+        if self.stopping:  # stopped while the cap answered (a cluster's cap is a round trip away)
+            if reservation is not None:
+                self.cap.settle(reservation, Decimal(0))
+            raise NotSent(self._not_sent_reason())
         if reservation is None:
             self.fatal = self.fatal or CostCapReached(self.cap.describe())
             self.request_stop(self.cap.describe())

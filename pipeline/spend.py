@@ -17,10 +17,14 @@ invalid replies, replies discarded for validation (the job's totals in its state
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from .errors import JobError
 from .models import model_limits
 from .pricing import MILLION, PriceTable
+
+if TYPE_CHECKING:
+    from .jobspec import Job
 
 
 class SpendCap:
@@ -45,6 +49,12 @@ class SpendCap:
         self._input = rate_in / MILLION
         self._output_max = rate_out * max_output_tokens * choices / MILLION
 
+    @classmethod
+    def for_job(cls, job: Job, prices: PriceTable, spent_usd: Decimal = Decimal(0)) -> "SpendCap":
+        """The cap of ``job`` (its ``max_cost``); JobError when its worst case cannot be priced."""
+        return cls(Decimal(str(job.max_cost_usd)), prices, job.model, job.max_output_tokens,
+                   job.choices_per_request, spent_usd=spent_usd, tier=job.service_tier)
+
     def most(self, prompt_tokens: int) -> Decimal:
         """The most one request with ``prompt_tokens`` can cost."""
         return prompt_tokens * self._input + self._output_max
@@ -62,6 +72,15 @@ class SpendCap:
         self.reserved_usd -= reservation
         self.spent_usd += reservation if cost_usd is None else cost_usd
 
+    async def claim(self, prompt_tokens: int) -> Decimal | None:
+        """:meth:`reserve`, as the runner asks a cap (a cluster's cap answers over the network)."""
+        return self.reserve(prompt_tokens)
+
     def describe(self) -> str:
-        return (f"the cost cap of ${self.cap_usd} is reached: ${self.spent_usd:.6f} spent, and the next "
-                f"request could cost more than the ${max(self.cap_usd - self.spent_usd, 0):.6f} left")
+        return cap_reached(self.cap_usd, self.spent_usd)
+
+
+def cap_reached(cap_usd: Decimal, spent_usd: Decimal) -> str:
+    """Why a run stops at its cost cap (the stop reason in its summary)."""
+    return (f"the cost cap of ${cap_usd} is reached: ${spent_usd:.6f} spent, and the next "
+            f"request could cost more than the ${max(cap_usd - spent_usd, 0):.6f} left")

@@ -7,8 +7,12 @@ import heapq
 
 import pytest
 
-from pipeline.clusterlimit import LEASE_TTL_S, SHARE, UNLIMITED, ClusterLease, ClusterLimiter
+from decimal import Decimal
+
+from pipeline.clusterlimit import LEASE_TTL_S, SHARE, UNLIMITED, ClusterCap, ClusterLease, ClusterLimiter, ClusterStop
+from pipeline.pricing import load_prices
 from pipeline.ratelimit import RateBudget
+from pipeline.spend import SpendCap, cap_reached
 
 
 class Clock:
@@ -147,6 +151,68 @@ def test_rate_budget_passes_429s_and_learned_limits_to_its_lease():
     assert limiter.limits == (300.0, None)
     assert limiter.pauses == 1
     assert limiter.lease(1, 0)[2] == pytest.approx(2.0)
+
+
+def test_the_cost_cap_reserves_worst_cases_settles_exact_costs_and_stops_the_job_once():
+    # the client's bound for what earlier runs spent: each part's journal total
+    limiter = ClusterLimiter(None, None, "0.010", earlier_usd={0: "0.002", 1: "0.003"})
+    assert limiter.spent_usd == Decimal("0.005")
+    assert limiter.begin(1, "0") == (None, False)  # part 1's journal was reset: it spent nothing
+    assert limiter.spent_usd == Decimal("0.002")
+    assert limiter.reserve_cost("0.004") is None and limiter.reserve_cost("0.004") is None  # 0.010: at the cap
+    assert limiter.reserved_usd == Decimal("0.008")
+    limiter.settle_cost("0.004", "0.001")  # the exact cost, from usage
+    limiter.settle_cost("0.004", None)  # unknown (a 200 with an unusable body): the worst case counts
+    assert (limiter.spent_usd, limiter.reserved_usd) == (Decimal("0.007"), Decimal(0))
+    refusal = limiter.reserve_cost("0.004")  # 0.007 + 0.004 > 0.010
+    assert refusal == cap_reached(Decimal("0.010"), Decimal("0.007"))  # a local run's words
+    assert limiter.report(0, {}) == (refusal, False)  # every part hears it
+    assert limiter.totals()["stopped_by"] == "max_cost_reached"
+    assert limiter.reserve_cost("0.000001") == refusal  # once reached, nobody sends again
+    assert limiter.begin(2, "0") == (refusal, False)  # a part starting later starts stopped
+    assert limiter.reserved_usd == 0
+
+
+def test_without_a_cap_the_limiter_reserves_nothing():
+    limiter = ClusterLimiter(None, None)
+    assert limiter.reserve_cost("5") is None
+    limiter.settle_cost("5", "4")
+    assert (limiter.spent_usd, limiter.reserved_usd, limiter.stop_reason) == (0, 0, None)
+
+
+def test_processes_claiming_from_one_cluster_cap_get_what_one_local_cap_would():
+    limiter = ClusterLimiter(None, None, "0.001")
+    local = SpendCap(Decimal("0.001"), load_prices(), "gpt-4o-mini", 100, 1)
+
+    async def ask(method, *args):
+        return getattr(limiter, method)(*args)
+
+    def tell(method, *args):
+        getattr(limiter, method)(*args)
+
+    caps = [ClusterCap(SpendCap(Decimal("0.001"), load_prices(), "gpt-4o-mini", 100, 1), ask, tell)
+            for _ in range(2)]
+
+    async def claims() -> list:
+        return [await caps[index % 2].claim(1000) for index in range(5)]
+    claimed = asyncio.run(claims())
+    assert claimed == [local.reserve(1000) for _ in range(5)]  # four of $0.00021 fit in $0.001, not five
+    assert claimed[-1] is None and caps[0].describe() == limiter.stop_reason == local.describe()
+    caps[0].settle(claimed[0], Decimal("0.00005"))
+    assert limiter.spent_usd == Decimal("0.00005") and limiter.reserved_usd == 3 * claimed[1]
+
+
+def test_a_stop_pressed_before_the_limiter_exists_applies_when_it_does_and_a_second_cancels():
+    stop, limiter = ClusterStop(), ClusterLimiter(None, None)
+    stop.press("terminated (SIGTERM)")  # the cluster is still starting
+    stop.attach(limiter)
+    assert limiter.report(0, {}) == ("terminated (SIGTERM)", False)
+    assert limiter.totals()["stopped_by"] is None  # a signal is no error
+    stop.press("interrupted (SIGINT)")
+    assert limiter.report(0, {}) == ("terminated (SIGTERM)", True)  # the first reason stays; cancel now
+    stop.detach()
+    stop.press("interrupted (SIGINT)")  # after the run: nothing to reach
+    assert stop.reasons == ["terminated (SIGTERM)", "interrupted (SIGINT)", "interrupted (SIGINT)"]
 
 
 def test_the_core_install_never_imports_dask():

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections import Counter
+from decimal import Decimal
 
 import pytest
 
@@ -161,3 +162,129 @@ def test_a_fatal_error_in_one_partition_stops_them_all(cli, fake, tmp_path, clus
     not_sent = [r for r in rows if r["error_type"] == "not_sent" and r["id"] >= ROWS_PER_FILE]
     assert not_sent  # the other partitions stopped too, well before their 60 rows at 10 a second
     assert len(fake.requests) < 60
+
+
+# -- the cost cap: one for the whole cluster --------------------------------------------------
+CAP = "0.00009"  # about half the 80 rows (each costs 4 × $0.15/1M + 2 × $0.60/1M = $0.0000018)
+
+
+def write_plain_lake(folder, text=lambda row: f"row {row}") -> None:
+    folder.mkdir()
+    for part in range(FILES):
+        ids = list(range(part * ROWS_PER_FILE, (part + 1) * ROWS_PER_FILE))
+        pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "text": [text(i) for i in ids]}),
+                       folder / f"f{part}.parquet")
+
+
+def capped_args(tmp_path, fake, dask: str, cap: float):
+    return ("run", "--input", tmp_path / "lake", "--output", tmp_path / "out.parquet", "--template", "{text}",
+            "--model", "gpt-4o-mini", "--base-url", fake.base_url, "--concurrency", 4,
+            "--max-completion-tokens", 2, "--max-cost", cap, "--dask", dask)
+
+
+def dataset_rows(tmp_path) -> list[dict]:
+    return sorted(ds.dataset(tmp_path / "out.parquet").to_table().to_pylist(), key=lambda r: r["id"])
+
+
+def test_the_cost_cap_is_one_for_the_whole_cluster_and_a_rerun_counts_what_was_spent(cli, fake, tmp_path, cluster):
+    local, _ = cluster
+    write_plain_lake(tmp_path / "lake")
+    proc = cli.run(*capped_args(tmp_path, fake, local.scheduler_address, CAP), timeout=240)
+    assert proc.returncode == 3, proc.stderr  # aborted by the cap, as a local run
+    rows = dataset_rows(tmp_path)
+    assert [r["id"] for r in rows] == list(range(80))  # every row once
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["status"], r["error_type"]) for r in rows if r["status"] != "ok"} == {("error", "not_sent")}
+    assert 10 <= len(ok) <= 70, len(ok)  # it stopped about half way, not at once and not at the end
+    assert len(fake.completed()) == len(ok)  # every paid reply is in the output
+    assert sum(Decimal(str(r["cost_usd"])) for r in ok) <= Decimal(CAP)  # never past the cap
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    assert (summary["exit_code"], summary["stopped_by"]) == (3, "max_cost_reached")
+    assert summary["stopped"].startswith(f"the cost cap of ${CAP} is reached")
+    assert summary["max_cost_usd"] == float(CAP) and summary["ok"] == len(ok)
+    assert "cost cap" in proc.stderr and "not_sent" in proc.stderr
+
+    # a local run of the same rows and cap stops the same way
+    pq.write_table(ds.dataset(tmp_path / "lake").to_table(), tmp_path / "all.parquet")
+    local_run = cli.run("run", "--input", tmp_path / "all.parquet", "--output", tmp_path / "local.parquet",
+                        "--template", "{text}", "--model", "gpt-4o-mini", "--base-url", fake.base_url,
+                        "--concurrency", 8, "--max-completion-tokens", 2, "--max-cost", CAP)
+    local_summary = json.loads((tmp_path / "local.parquet.summary.json").read_text())
+    assert local_run.returncode == 3 and local_summary["stopped_by"] == summary["stopped_by"]
+    assert local_summary["stopped"].startswith(f"the cost cap of ${CAP} is reached")
+
+    # a rerun with the same cap counts what the first run spent: the job as a whole stays within it
+    fake.reset()
+    again = cli.run(*capped_args(tmp_path, fake, local.scheduler_address, CAP), timeout=240)
+    assert again.returncode == 3, again.stderr
+    rows = dataset_rows(tmp_path)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert sum(Decimal(str(r["cost_usd"])) for r in ok) <= Decimal(CAP)
+    assert len(fake.completed()) < 10  # only what the last few cents allowed
+    # raised, the cap lets the rest through: each row sent once over the three runs
+    sent_before = {r["text"] for r in ok}
+    fake.reset()
+    done = cli.run(*capped_args(tmp_path, fake, local.scheduler_address, 1), timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert [(r["id"], r["status"]) for r in dataset_rows(tmp_path)] == [(i, "ok") for i in range(80)]
+    resent = Counter(r["prompt"] for r in fake.completed())
+    assert set(resent) == {f"row {i}" for i in range(80)} - sent_before and set(resent.values()) == {1}
+
+
+def test_an_unknown_price_with_a_cost_cap_is_refused_before_anything_is_sent(cli, fake, tmp_path):
+    write_plain_lake(tmp_path / "lake")
+    args = list(capped_args(tmp_path, fake, "local:2", 1))
+    args[args.index("gpt-4o-mini")] = "unpriced-model"
+    proc = cli.run(*args)
+    assert proc.returncode == 2, proc.stderr  # as a local run: a bad job, nothing sent
+    assert "max_cost needs a known price for model 'unpriced-model'" in proc.stderr
+    assert fake.requests == [] and not (tmp_path / "out.parquet").exists()
+
+
+# -- a signal on the client -------------------------------------------------------------------
+HANGING = {2, 22, 42, 62}  # one a partition: hangs far beyond the grace on its first attempt only
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_every_worker_within_the_grace_and_a_rerun_sends_the_rest_once(signum, cli, fake, tmp_path):
+    fake.latency_s = 0.3
+    write_plain_lake(tmp_path / "lake", lambda row: f"row {row} [[slow:60:1]]" if row in HANGING else f"row {row}")
+    args = ("run", "--input", tmp_path / "lake", "--output", tmp_path / "out.parquet", "--template", "{text}",
+            "--model", "gpt-4o-mini", "--base-url", fake.base_url, "--concurrency", 2, "--timeout", 120,
+            "--dask", "local:2")
+    process = cli.popen(*args, env={"CHATBATCH_STOP_GRACE_S": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (len(fake.completed()) >= 6 and sum(r["status"] is None for r in fake.requests) >= 2) \
+                and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signum)
+        signalled = time.monotonic()
+        stdout, stderr = process.communicate(timeout=120)
+        took = time.monotonic() - signalled
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert took < 1 + 30, f"exit took {took:.1f}s after the signal (grace 1 s)"
+    rows = dataset_rows(tmp_path)
+    assert [r["id"] for r in rows] == list(range(80))  # a readable dataset, every row once
+    first = fake.completed()
+    ok = {r["text"] for r in rows if r["status"] == "ok"}
+    assert ok == {r["prompt"] for r in first}  # every answered row is kept
+    assert {(r["status"], r["error_type"]) for r in rows if r["status"] != "ok"} == {("error", "not_sent")}
+    assert any("cancelled" in r["error_message"] for r in rows if r["id"] in HANGING)  # after the grace
+    summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
+    reason = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (SIGINT)"
+    assert (summary["exit_code"], summary["stopped"], summary["stopped_by"]) == (130, reason, None)
+    assert summary["ok"] == len(ok) and summary["error"] == 80 - len(ok)
+
+    fake.latency_s = 0.0
+    sent_before = len(fake.requests)
+    again = cli.run(*args, timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert [(r["id"], r["status"]) for r in dataset_rows(tmp_path)] == [(i, "ok") for i in range(80)]
+    resent = Counter(r["prompt"] for r in fake.requests[sent_before:])
+    assert set(resent) == {r["text"] for r in rows if r["status"] != "ok"} and set(resent.values()) == {1}
