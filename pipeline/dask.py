@@ -89,6 +89,9 @@ from .state import INSPECT, JOURNAL_FILES, open_state
 from .summary import merge_summaries, to_json
 
 PROGRESS_S = 1.0  # how often a partition reports its counts to the limiter
+# A worker preload (script text) for ``local:N``: Ctrl-C in a terminal signals the whole process
+# group, and the worker processes must leave it to the client (which stops the job gracefully).
+IGNORE_CTRL_C = "import signal\n\ndef dask_setup(worker):\n    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
 
 
 # -- Python API ------------------------------------------------------------------------------
@@ -358,7 +361,7 @@ def _client(address: str):
         if workers < 1:
             raise JobError(f"--dask {address}: give local:N with N ≥ 1 worker processes, or a scheduler address")
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=None, preload=[IGNORE_CTRL_C]) as cluster, Client(cluster) as client:
             yield client
         return
     try:
