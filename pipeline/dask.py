@@ -9,9 +9,10 @@ From the command line::
 ``--dask ADDRESS`` uses a running scheduler. The input is a Parquet file, a glob or a directory of
 Parquet files (anything ``dask.dataframe.read_parquet`` opens); each Dask partition is run as a
 local run is (:func:`pipeline.run.run_job` into a :class:`~pipeline.sinks.TableSink`: requests,
-retries, structured output, cost, journal), sharing the cluster's rate budget and cost cap. The output is a Parquet dataset — a folder with one ``part.N.parquet`` per partition, the
-columns and types of a local run — written to a temporary folder and moved into place at the end,
-and ``<output>.summary.json``, the summary of a local run summed over the partitions.
+retries, structured output, cost, journal), sharing the cluster's rate budget and cost cap. The
+output is a Parquet dataset — a folder with one ``part.N.parquet`` per partition, the columns and
+types of a local run — written to a temporary folder and moved into place at the end, and
+``<output>.summary.json``, the summary of a local run summed over the partitions.
 
 From Python, on a ``distributed.Client``::
 
@@ -64,7 +65,6 @@ import asyncio
 import glob
 import os
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -227,7 +227,7 @@ async def run_part(part: PartJob, number: int, table: pa.Table, link: Any) -> pa
     summary = report.summary
     if summary.get("stopped_by"):  # no retry fixes it: every partition stops (if not told already)
         await link.ask("stop", summary["stopped"], summary["stopped_by"])
-    await link.ask("report", number, {**_counts(watch.runner), "summary": summary})
+    await link.ask("report", number, {**(_counts(watch.runner) if watch.runner else {}), "summary": summary})
     return sink.table.select([field.name for field in schema][table.num_columns:])
 
 
