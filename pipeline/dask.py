@@ -271,13 +271,13 @@ def _counts(runner: Runner) -> dict:
 
 # -- the CLI's run ---------------------------------------------------------------------------
 def run_cluster(job: Job, address: str, *, fresh: bool = False, retry_errors: bool = False,
-                echo: Callable[[str], None] | None = None, stop: ClusterStop | None = None,
-                grace_s: float = GRACE_S) -> RunReport:
+                echo: Callable[[str], None] | None = None, say: Callable[[str], None] | None = None,
+                stop: ClusterStop | None = None, grace_s: float = GRACE_S) -> RunReport:
     """``chatbatch run --dask ADDRESS``: read, enrich on the cluster, write the dataset and summary.
 
-    ``stop`` (pressed by the CLI's signal handlers) stops the job: every partition stops sending,
-    its requests in flight get ``grace_s`` to finish (a second press cancels them), and the output
-    is written with every row, as a local run's.
+    ``echo`` gets the progress lines. ``stop`` (pressed by the CLI's signal handlers) stops the job:
+    every partition stops sending, its requests in flight get ``grace_s`` to finish (a second press
+    cancels them), and the output is written with every row, as a local run's; ``say`` tells it.
     """
     import dask.dataframe as dd
 
@@ -304,7 +304,7 @@ def run_cluster(job: Job, address: str, *, fresh: bool = False, retry_errors: bo
             written = frame.to_parquet(str(tmp), write_index=False, compute=False, schema=output_schema(
                 schema, job.column_prefix, job.choices_per_request, job.output))
             future = client.compute(written)
-            _watch(future, limiter, stop, echo, interval_s=min(job.progress_interval_s, 2.0), grace_s=grace_s)
+            _watch(future, limiter, stop, echo, say, interval_s=min(job.progress_interval_s, 2.0), grace_s=grace_s)
             future.result()
         finally:
             stop.detach()
@@ -373,7 +373,7 @@ def _client(address: str):
 
 
 def _watch(future: Any, limiter: Any, stop: ClusterStop, echo: Callable[[str], None] | None,
-           interval_s: float, grace_s: float) -> None:
+           say: Callable[[str], None] | None, interval_s: float, grace_s: float) -> None:
     """Wait for the run, printing one progress line per interval, and what a stop does."""
     from distributed import wait
 
@@ -383,9 +383,9 @@ def _watch(future: Any, limiter: Any, stop: ClusterStop, echo: Callable[[str], N
             wait(future, timeout=interval_s, return_when="FIRST_COMPLETED")
         except TimeoutError:
             pass
-        if echo and len(stop.reasons) > said:
+        if say and len(stop.reasons) > said:
             said = len(stop.reasons)
-            echo(f"chatbatch: {stop.reasons[-1]}: every partition stops sending; " + (
+            say(f"{stop.reasons[-1]}: every partition stops sending; " + (
                 f"requests in flight get up to {grace_s:g}s to finish (signal again to cancel them)"
                 if said == 1 else "requests in flight are cancelled"))
         if echo:
