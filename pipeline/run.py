@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 if TYPE_CHECKING:
     import httpx
 
+
 from . import __version__
 from .client import ChatClient
 from .transport import make_http_client
