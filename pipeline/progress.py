@@ -23,10 +23,8 @@ import asyncio
 import sys
 import time
 from collections import deque
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
-from tqdm import tqdm
-from tqdm.auto import tqdm as auto_tqdm
 
 from .logs import json_line, timestamp
 from .summary import Tally
@@ -63,14 +61,17 @@ class Progress:
         self.clock, self.wall = clock, wall
         self.started = clock()
         self._samples: deque[tuple[float, int, int]] = deque([(self.started, 0, 0)])  # (when, requests, tokens)
-        self._bar: tqdm | None = None
+        self._bar: Any = None  # a tqdm bar, once shown
 
     async def run(self) -> None:
         """Refresh until cancelled."""
         if self.mode == "quiet":
             return
         if self.mode in ("bar", "auto"):
-            bar = auto_tqdm if self.mode == "auto" else tqdm
+            if self.mode == "auto":
+                from tqdm.auto import tqdm as bar  # a widget in Jupyter
+            else:
+                from tqdm import tqdm as bar  # imported only when a bar is shown
             self._bar = bar(total=self.tally.rows_total, unit="row", file=self.stream,
                             dynamic_ncols=True, smoothing=0.1)
         period = self.interval_s if self.mode in ("log", "json") else BAR_REFRESH_S

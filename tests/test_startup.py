@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from conftest import REPO
 
-HEAVY = ("pandas", "httpx", "tiktoken", "jsonschema", "pyarrow.compute", "matplotlib", "dask")
+HEAVY = ("pandas", "httpx", "tiktoken", "jsonschema", "pyarrow.compute", "matplotlib", "dask", "tqdm")
 
 PROBE = """
 import json, runpy, sys
