@@ -56,14 +56,23 @@ class AiohttpPoster:
         import aiohttp
 
         self._aiohttp = aiohttp
+        self._concurrency, self._proxy = concurrency, proxy
+        self._session: aiohttp.ClientSession | None = None  # opened by the first request
+
+    def _open(self):
+        aiohttp = self._aiohttp
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=0),
-            timeout=aiohttp.ClientTimeout(total=None))  # the caller times each request
-        self._proxy = proxy
+            connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(total=None),  # the caller times each request
+            cookie_jar=aiohttp.DummyCookieJar())  # no state carried from one request to the next
+        return self._session
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """One POST. A redirect is returned as it is, never followed: following it would re-send the
+        body and headers such as Azure's ``api-key`` (which aiohttp keeps) to another host."""
         try:
-            async with self._session.post(url, data=body, headers=headers, proxy=self._proxy) as response:
+            async with (self._session or self._open()).post(url, data=body, headers=headers, proxy=self._proxy,
+                                          allow_redirects=False) as response:
                 return Reply(response.status, response.headers, await response.read())
         except self._aiohttp.ClientError as exc:
             if isinstance(exc, TimeoutError):
@@ -71,7 +80,8 @@ class AiohttpPoster:
             raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
-        await self._session.close()
+        if self._session is not None:
+            await self._session.close()
 
 
 class HttpxPoster:

@@ -125,3 +125,58 @@ def test_completion_with_n_choices_content_parts_and_refusal():
     assert completion.replies == (None, "b") and completion.finish_reasons == ("stop", "length")
     assert completion.refusal == "I can't."
     assert completion.usage.prompt_tokens is None  # unknown, not zero
+
+
+def test_a_redirect_is_never_followed_so_the_key_stays_with_the_endpoint():
+    """A 307 to another host: the key-bearing request is not re-sent there; the row gets the 3xx."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline.transport import make_http_client
+
+    seen: list[str] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append(self.headers.get("api-key", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{other.server_address[1]}/steal")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    endpoint_server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    for server in (other, endpoint_server):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = Endpoint(url=f"http://127.0.0.1:{endpoint_server.server_address[1]}/v1/chat/completions",
+                        api_key=SECRET, azure=True)
+
+    async def go():
+        http = make_http_client(2, 10.0)
+        try:
+            return await ChatClient(http, endpoint, 10.0).complete(b'{"model": "m"}')
+        finally:
+            await http.aclose()
+
+    try:
+        with pytest.raises(RowRejected) as caught:
+            asyncio.run(go())
+    finally:
+        for server in (other, endpoint_server):
+            server.shutdown()
+            server.server_close()
+    assert caught.value.http_status == 307
+    assert seen == []
