@@ -17,20 +17,21 @@ HEAVY = ("pandas", "httpx", "tiktoken", "jsonschema", "pyarrow.compute", "matplo
 
 PROBE = """
 import json, runpy, sys
+heavy = json.loads(sys.argv[2])
 sys.argv = ["chatbatch", *json.loads(sys.argv[1])]
+code = None
 try:
     runpy.run_module("pipeline", run_name="__main__")
 except SystemExit as exc:
     code = exc.code
-print(json.dumps({"code": code, "imported": [m for m in json.loads(sys.argv[-1]) if m in sys.modules]}))
+print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
 
 def imported_by(cli, *args) -> dict:
     """Run the CLI with ``args`` in a fresh interpreter; its exit code and which HEAVY modules it imported."""
-    script = PROBE.replace('json.loads(sys.argv[-1])', repr(list(HEAVY)))
-    done = subprocess.run([sys.executable, "-c", script, json.dumps([str(a) for a in args])], cwd=REPO,
-                          env=cli.env(), capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps([str(a) for a in args]), json.dumps(HEAVY)],
+                          cwd=REPO, env=cli.env(), capture_output=True, text=True, timeout=120)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
