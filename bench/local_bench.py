@@ -39,7 +39,11 @@ SAMPLE = ROOT / "data" / "sample" / "reviews.csv"
 
 def expected(stars: float | None) -> set[str] | None:
     """The labels that agree with a star rating (None: unrated)."""
-    if stars is None or stars != stars:
+    try:
+        stars = float(stars)
+    except (TypeError, ValueError):  # unrated (empty, or not a number)
+        return None
+    if stars != stars:
         return None
     if stars <= 2:
         return {"negative"}
@@ -53,7 +57,7 @@ def agreement(rows: list[dict]) -> dict:
     labelled = [(r, want) for r, want in rated if r["status"] == "ok"]
     by_stars: dict[str, Counter] = {}
     for r, _ in labelled:
-        by_stars.setdefault(str(int(r["rating"])), Counter())[r["label"]] += 1
+        by_stars.setdefault(str(int(float(r["rating"]))), Counter())[r["label"]] += 1
     return {
         "rated_rows": len(rated),
         "labelled_rows": len(labelled),

@@ -13,8 +13,8 @@ The model is ``--local-model PATH.gguf``, or by default Gemma 3 270M (Q4_K_M) fr
 or passwords (:func:`server_environment`); its model and log folders are private
 (:mod:`pipeline.private`). What the job becomes on it is :func:`for_local_server`: the model's own
 name, replies capped, one request at a time and no retry after a timeout, labels as the bare label
-by grammar, the system prompt folded into the user turn (llama-cpp-python's ``gemma`` format drops
-system messages). The model is a small base model: replies are real, not smart.
+(:func:`label_params`), the system prompt folded into the user turn (llama-cpp-python's ``gemma``
+format drops system messages). The model is a small base model: replies are real, not smart.
 
 Install the extra (it compiles llama.cpp: about 6 minutes on 2 cores, portable build)::
 
@@ -31,17 +31,20 @@ import socket
 import subprocess
 import sys
 import time
+import json
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from .errors import JobError
 from .private import FILE_MODE, private_dir
 from .redaction import MIN_SECRET_CHARS
+from .structured import label_grammar
 
 START_TIMEOUT_S = 180.0
 DEFAULT_MAX_TOKENS = 256  # a local reply's cap when the job sets none (the server's own is unlimited)
+LABEL_BIAS = 100.0  # added to each label's first token: far above any other token's logit
 LOG_TAIL_LINES = 25
 SECRET_VARIABLE = re.compile(r"API_?KEY|TOKEN|SECRET|PASSW|CREDENTIAL|_AUTH", re.IGNORECASE)
 INSTALL_HINT = ("install the local extra: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" "
@@ -137,9 +140,19 @@ def _wait_until_ready(process: subprocess.Popen, base_url: str, log_path: Path) 
                    f"its log ({log_path}) ends:\n{_tail(log_path)}")
 
 
+def _loopback_opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1: never through a proxy
+
+
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with _loopback_opener().open(request, timeout=10.0) as response:
+        return json.loads(response.read())
+
+
 def _answers(url: str) -> bool:
-    """Whether the server at ``url`` (on 127.0.0.1: never through a proxy) answers 200."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    """Whether the server at ``url`` (on 127.0.0.1) answers 200."""
+    opener = _loopback_opener()
     try:
         with opener.open(url, timeout=2.0) as response:
             return response.status == 200
@@ -165,6 +178,44 @@ def _tail(path: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:]) or "(empty)"
 
 
+def label_tokens(base_url: str, labels: Sequence[str]) -> dict[str, list[int]]:
+    """Each label as the served model's own tokens (llama-cpp-python's ``/extras/tokenize``).
+
+    A label whose tokens do not read back as exactly the label (a special token's text, say) is
+    left out. Empty if the server cannot tell (then labels are forced by the grammar alone).
+    """
+    root = base_url.removesuffix("/v1")
+    try:
+        prefix = _post_json(root + "/extras/tokenize", {"input": ""})["tokens"]  # the BOS the server adds
+        tokens = {}
+        for label in labels:
+            ids = _post_json(root + "/extras/tokenize", {"input": label})["tokens"]
+            ids = ids[len(prefix):] if ids[:len(prefix)] == prefix else ids
+            if ids and _post_json(root + "/extras/detokenize", {"tokens": ids})["text"] == label:
+                tokens[label] = ids
+        return tokens
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def label_params(labels: Sequence[str], tokens: Mapping[str, Sequence[int]]) -> dict:
+    """What a local request adds so that the reply is exactly one of ``labels``.
+
+    Each label's first token gets :data:`LABEL_BIAS`, so the model chooses between the labels as
+    whole words (unbiased, a grammar lets it pick letter by letter: "p" then "ositive", a choice made
+    on a letter and paid for with a decoding step per letter). When every label is one token of the
+    model's vocabulary, that is all it takes: one token is sampled (``max_tokens`` 1, so the
+    ``finish_reason`` is ``length``), and nothing but a label can win it. Otherwise a grammar over
+    the labels forces the rest. The grammar is not sent when it is not needed because llama.cpp
+    checks every token of the vocabulary against it at every step: 70 ms a step on Gemma's 262,144
+    tokens, more than the whole rest of a short row.
+    """
+    bias = {str(tokens[label][0]): LABEL_BIAS for label in labels if label in tokens}
+    if len(bias) == len(labels) and all(len(tokens[label]) == 1 for label in labels):
+        return {"logit_bias": bias, "max_tokens": 1}
+    return {"grammar": label_grammar(labels), **({"logit_bias": bias} if bias else {})}
+
+
 @contextmanager
 def local_job(job, env: Mapping[str, str] | None = None, secrets: Iterable[str] = ()) -> Iterator:
     """``job`` pointed at a local server running its model; the server stops when the block ends.
@@ -176,10 +227,12 @@ def local_job(job, env: Mapping[str, str] | None = None, secrets: Iterable[str] 
     log_path = private_dir(job.cache_dir) / "logs" / f"llama-server-{os.getpid()}.log"
     server_env = server_environment(os.environ if env is None else env, [*secrets, *job.endpoint.secrets])
     with local_server(model_path, log_path, job.local_threads, env=server_env) as base_url:
-        yield for_local_server(job, model_path, base_url)
+        bare = job.output is not None and job.output.bare
+        yield for_local_server(job, model_path, base_url,
+                               label_tokens(base_url, job.output.labels) if bare else {})
 
 
-def for_local_server(job, model_path: Path, base_url: str):
+def for_local_server(job, model_path: Path, base_url: str, tokens: Mapping[str, Sequence[int]] | None = None):
     """``job`` as sent to llama.cpp's server at ``base_url`` running ``model_path``.
 
     - The model answers as (and the ``model`` column holds) the file's name: ``gemma-3-270m-q4_k_m``.
@@ -187,8 +240,8 @@ def for_local_server(job, model_path: Path, base_url: str):
       :data:`DEFAULT_MAX_TOKENS`, as the server's own default is unlimited.
     - The server answers one request at a time: concurrency 1, and a timed-out request ends its row
       (a retry would queue behind the reply the server is still generating).
-    - Labels are asked for as the bare label (a grammar, see :mod:`pipeline.structured`); a schema
-      goes inside ``json_object``, which the server enforces by grammar.
+    - Labels are asked for as the bare label (:func:`label_params`, from the labels' ``tokens`` in the
+      model's vocabulary); a schema goes inside ``json_object``, which the server enforces by grammar.
     - The system prompt is folded into the first user turn when rendered (``RowRenderer``).
     Replies cost $0 (the runner prices nothing on a local model).
     """
@@ -199,7 +252,11 @@ def for_local_server(job, model_path: Path, base_url: str):
     params = dict(job.params)
     cap = params.pop("max_completion_tokens", None)
     params["max_tokens"] = cap if cap is not None else params.get("max_tokens", DEFAULT_MAX_TOKENS)
-    if job.output is not None and job.output.mode == "json_schema" and not job.output.bare:
+    if job.output is not None and job.output.bare:
+        forced = label_params(job.output.labels, tokens or {})
+        forced["logit_bias"] = {**params.get("logit_bias", {}), **forced.get("logit_bias", {})}
+        params.update({k: v for k, v in forced.items() if v})
+    elif job.output is not None and job.output.mode == "json_schema":
         params["response_format"] = {"type": "json_object", "schema": dict(job.output.schema)}
     return replace(
         job, endpoint=Endpoint(url=base_url + "/chat/completions"), params=params,

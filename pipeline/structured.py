@@ -15,9 +15,9 @@ before anything is sent); ``json_object`` sends ``{type: json_object}`` and puts
 system message (which says "JSON", as JSON mode requires); ``prompt`` only puts it in the system
 message, for endpoints with no ``response_format`` at all.
 
-**On a local model** (``--local``) labels are asked for as the bare label: a GBNF grammar (llama.cpp's
-``grammar`` field) allows exactly one of the label strings, so the reply *is* the label — about twice
-as fast as a JSON object on a small model. Schemas go to llama.cpp's JSON-schema grammar.
+**On a local model** (``--local``) labels are asked for as the bare label: the reply *is* the label,
+forced by the local server (how: :func:`pipeline.local.label_params`). Schemas go to llama.cpp's
+JSON-schema grammar.
 
 **Checked either way**: every reply is parsed and validated against the schema as the user wrote
 it (jsonschema, Draft 2020-12; an optional property may come back null, meaning absent), and each
@@ -58,7 +58,7 @@ class OutputSpec:
     confidence: bool
     columns: tuple[tuple[str, Column], ...]
     sent_schema: Mapping[str, Any] | None = None  # what json_schema mode sends (strict-compatible)
-    bare: bool = False  # labels on a local model: the reply is the bare label, forced by a grammar
+    bare: bool = False  # labels on a local model: the reply is the bare label (forced by pipeline.local)
 
     @property
     def fields(self) -> tuple[tuple[str, pa.DataType], ...]:
@@ -67,7 +67,7 @@ class OutputSpec:
 
     def request_params(self) -> dict[str, Any]:
         if self.bare:
-            return {"grammar": label_grammar(self.labels)}
+            return {}  # the local server forces the label: pipeline.local.label_params
         if self.mode == "json_schema":
             return {"response_format": {"type": "json_schema", "json_schema": {
                 "name": self.name, "strict": self.strict, "schema": dict(self.sent_schema or self.schema)}}}

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,8 @@ from llama_cpp.llama_chat_format import format_gemma  # noqa: E402
 
 from pipeline.errors import TimedOut  # noqa: E402
 from pipeline.jobspec import RetrySettings, build_job  # noqa: E402
-from pipeline.local import DEFAULT_MAX_TOKENS, for_local_server  # noqa: E402
+from pipeline.local import (DEFAULT_MAX_TOKENS, LABEL_BIAS, for_local_server, label_params,  # noqa: E402
+                            label_tokens, local_server)
 from pipeline.prompts import RowRenderer  # noqa: E402
 from pipeline.retry import call_with_retries  # noqa: E402
 from pipeline.structured import Validator, build_spec, label_confidence  # noqa: E402
@@ -108,7 +110,7 @@ def test_classification_job_runs_on_the_local_model_with_no_key(tmp_path):
     assert run.servers and not run.left_running()
     rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
-    assert all(r["reply"] in LABELS and r["label"] == r["reply"] for r in rows)  # the bare label, by grammar
+    assert all(r["reply"] in LABELS and r["label"] == r["reply"] for r in rows)  # the bare label, forced
     assert all(r["model"] == MODEL for r in rows)  # the output says what answered
     assert all(r["completion_tokens"] > 0 and r["cost_usd"] == 0 for r in rows)
     summary = json.loads((tmp_path / "out.parquet.summary.json").read_text())
@@ -167,12 +169,12 @@ def test_missing_or_broken_model_files_are_clear_errors(tmp_path):
 
 # What a local run sends, without a server: the job as local_job hands it to the runner.
 
-def local_job_of(tmp_path, *flags):
+def local_job_of(tmp_path, *flags, tokens=None):
     args = {"local": True, "input": str(sample(tmp_path, 3)), "output": str(tmp_path / "out.parquet")}
     for flag in flags:
         args.update(flag)
     job = build_job(ROOT / "jobs" / "reviews-classify.toml", args, {}, require_key=False)
-    return for_local_server(job, Path("/models") / (MODEL + ".gguf"), "http://127.0.0.1:1/v1")
+    return for_local_server(job, Path("/models") / (MODEL + ".gguf"), "http://127.0.0.1:1/v1", tokens)
 
 
 def sent_messages(job) -> list[dict]:
@@ -192,16 +194,59 @@ def test_the_system_prompt_reaches_a_gemma_model(tmp_path):
     assert body["model"] == MODEL
 
 
-def test_local_requests_are_capped_and_ask_for_bare_labels(tmp_path):
+def test_local_requests_are_capped(tmp_path):
     job = local_job_of(tmp_path)
     body = sent_messages(job)
     assert body["max_tokens"] == job.params["max_tokens"] and "max_completion_tokens" not in body
-    assert body["grammar"] == 'root ::= "positive" | "negative" | "neutral" | "mixed"'
     assert "response_format" not in body
     assert local_job_of(tmp_path, {"max_completion_tokens": 5}).params["max_tokens"] == 5
     free = build_job(None, {"input": str(sample(tmp_path, 2)), "template": "{review}", "model": "gpt-4o-mini",
                             "local": True}, {}, require_key=False)
     assert for_local_server(free, Path("m.gguf"), "http://127.0.0.1:1/v1").params["max_tokens"] == DEFAULT_MAX_TOKENS
+
+
+def test_single_token_labels_are_one_biased_token_and_others_get_the_grammar_too(tmp_path):
+    one_token_each = {"positive": [30558], "negative": [27851], "neutral": [45258], "mixed": [63258]}
+    body = sent_messages(local_job_of(tmp_path, tokens=one_token_each))
+    # the model chooses among the labels' own tokens, one step, and nothing else can win it
+    assert body["logit_bias"] == {"30558": LABEL_BIAS, "27851": LABEL_BIAS, "45258": LABEL_BIAS, "63258": LABEL_BIAS}
+    assert body["max_tokens"] == 1 and "grammar" not in body and "response_format" not in body
+    # a label of several tokens: its first token is biased (a choice between words, not letters),
+    # and the grammar forces the rest
+    several = {**one_token_each, "mixed": [1, 2]}
+    body = sent_messages(local_job_of(tmp_path, tokens=several))
+    assert body["grammar"] == 'root ::= "positive" | "negative" | "neutral" | "mixed"'
+    assert body["logit_bias"]["1"] == LABEL_BIAS and "2" not in body["logit_bias"]
+    assert body["max_tokens"] == 16  # the job's own cap
+    # tokens not known (the server could not tell): the grammar alone
+    body = sent_messages(local_job_of(tmp_path))
+    assert body["grammar"] and "logit_bias" not in body
+    # a bias the job sets itself is kept beside the labels'
+    assert label_params(["a", "b"], {"a": [7], "b": [8]}) == {"logit_bias": {"7": LABEL_BIAS, "8": LABEL_BIAS},
+                                                             "max_tokens": 1}
+    job = local_job_of(tmp_path, {"extra_body": {"logit_bias": {"99": -5}}}, tokens=one_token_each)
+    assert job.params["logit_bias"]["99"] == -5 and job.params["logit_bias"]["30558"] == LABEL_BIAS
+
+
+def test_the_real_server_forces_labels_of_one_token_and_of_several(tmp_path):
+    model = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chatbatch" / "models" / (MODEL + ".gguf")
+    if not model.is_file():
+        from pipeline.local import default_model
+        model = default_model(model.parent.parent)
+    review = "Stopped working after a week and support never answered."
+    with local_server(model, tmp_path / "server.log") as base_url:
+        tokens = label_tokens(base_url, ["positive", "negative", "thumbs up", "thumbs down"])
+        assert len(tokens["positive"]) == len(tokens["negative"]) == 1
+        assert len(tokens["thumbs up"]) > 1 and tokens["thumbs up"][0] == tokens["thumbs down"][0]
+        for labels in (["positive", "negative"], ["thumbs up", "thumbs down"]):
+            request = {"model": MODEL, "temperature": 0, "max_tokens": 16,
+                       "messages": [{"role": "user", "content": f"Label the review: {' or '.join(labels)}.\n"
+                                                                f"Review: {review}\nLabel:"}],
+                       **label_params(labels, tokens)}
+            reply = json.loads(urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                urllib.request.Request(base_url + "/chat/completions", json.dumps(request).encode(),
+                                       {"Content-Type": "application/json"}), timeout=120).read())
+            assert reply["choices"][0]["message"]["content"] in labels, reply
 
 
 def test_a_local_timeout_is_final_for_its_row(tmp_path):
