@@ -40,7 +40,6 @@ from typing import Iterable, Iterator, Mapping, Sequence
 from .errors import JobError
 from .private import FILE_MODE, private_dir
 from .redaction import MIN_SECRET_CHARS
-from .structured import label_grammar
 
 START_TIMEOUT_S = 180.0
 DEFAULT_MAX_TOKENS = 256  # a local reply's cap when the job sets none (the server's own is unlimited)
@@ -210,6 +209,8 @@ def label_params(labels: Sequence[str], tokens: Mapping[str, Sequence[int]]) -> 
     checks every token of the vocabulary against it at every step: 70 ms a step on Gemma's 262,144
     tokens, more than the whole rest of a short row.
     """
+    from .structured import label_grammar  # (pyarrow: not on the CLI's import path)
+
     bias = {str(tokens[label][0]): LABEL_BIAS for label in labels if label in tokens}
     if len(bias) == len(labels) and all(len(tokens[label]) == 1 for label in labels):
         return {"logit_bias": bias, "max_tokens": 1}
