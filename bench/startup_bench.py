@@ -6,7 +6,10 @@ For each git revision given (default: the working tree only), runs the real CLI
 * a 1-row job (Parquet and CSV input): wall time and peak RSS, median of ``--repeat`` runs;
 * a 20,000-row job (short prompts, Parquet): peak RSS and CPU seconds.
 
-The bare loop (``bare_loop.py``, 1 row and 20,000 rows) is measured in the same run as the floor. ::
+The bare loop (``bare_loop.py``, 1 row and 20,000 rows) is measured in the same run as the floor,
+and so are two floors below it: the interpreter alone (``python -c pass``: with this machine's
+``site`` hooks) and the interpreter importing only what any aiohttp client writing Parquet must
+(``aiohttp``, ``asyncio``, ``pyarrow.parquet``). ::
 
     python bench/startup_bench.py [--revs main~3,HEAD] [--repeat 5] [--rows 20000]
 
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import MODEL, median, prompt, run_child, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+FLOOR_IMPORTS = "import asyncio, aiohttp, pyarrow.parquet"  # what an aiohttp client writing Parquet imports
 
 
 def cli(repo: Path, inp: Path, out: Path, base_url: str) -> list[str]:
@@ -85,7 +89,9 @@ def main() -> None:
         pq.write_table(pa.table({"prompt": [prompt(0)]}), tmp / "one.parquet")
         (tmp / "one.csv").write_text(f"prompt\n{prompt(0)}\n")
         pq.write_table(pa.table({"prompt": [prompt(i) for i in range(args.rows)]}), tmp / "many.parquet")
-        rows = [("bare loop", "1 row", measure(bare(srv.chat_url, 1), args.repeat, ROOT, env)),
+        rows = [("python -c pass", "-", measure([sys.executable, "-c", "pass"], args.repeat, ROOT, env)),
+                ("python: imports only", "-", measure([sys.executable, "-c", FLOOR_IMPORTS], args.repeat, ROOT, env)),
+                ("bare loop", "1 row", measure(bare(srv.chat_url, 1), args.repeat, ROOT, env)),
                 ("bare loop", f"{args.rows:,} rows", measure(bare(srv.chat_url, args.rows), 1, ROOT, env))]
         for rev in revs:
             with checkout(rev) as repo:
