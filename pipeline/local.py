@@ -211,10 +211,13 @@ def label_params(labels: Sequence[str], tokens: Mapping[str, Sequence[int]]) -> 
     """
     from .structured import label_grammar  # (pyarrow: not on the CLI's import path)
 
-    bias = {str(tokens[label][0]): LABEL_BIAS for label in labels if label in tokens}
+    grammar = {"grammar": label_grammar(labels)}
+    if not all(tokens.get(label) for label in labels):
+        return grammar  # a bias on some labels only would rule the others out
+    bias = {str(tokens[label][0]): LABEL_BIAS for label in labels}
     if len(bias) == len(labels) and all(len(tokens[label]) == 1 for label in labels):
         return {"logit_bias": bias, "max_tokens": 1}
-    return {"grammar": label_grammar(labels), **({"logit_bias": bias} if bias else {})}
+    return {**grammar, "logit_bias": bias}
 
 
 @contextmanager

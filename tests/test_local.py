@@ -218,8 +218,12 @@ def test_single_token_labels_are_one_biased_token_and_others_get_the_grammar_too
     assert body["grammar"] == 'root ::= "positive" | "negative" | "neutral" | "mixed"'
     assert body["logit_bias"]["1"] == LABEL_BIAS and "2" not in body["logit_bias"]
     assert body["max_tokens"] == 16  # the job's own cap
-    # tokens not known (the server could not tell): the grammar alone
+    # tokens not known (the server could not tell), or known for some labels only: the grammar alone
+    # (a bias on some labels would rule the others out)
     body = sent_messages(local_job_of(tmp_path))
+    assert body["grammar"] and "logit_bias" not in body
+    partly = {label: ids for label, ids in one_token_each.items() if label != "mixed"}
+    body = sent_messages(local_job_of(tmp_path, tokens=partly))
     assert body["grammar"] and "logit_bias" not in body
     # a bias the job sets itself is kept beside the labels'
     assert label_params(["a", "b"], {"a": [7], "b": [8]}) == {"logit_bias": {"7": LABEL_BIAS, "8": LABEL_BIAS},
