@@ -207,8 +207,10 @@ def build_job(
             values[key] = dates.resolve(values[key], day, f"{origin[key]}: key '{key}'")
     paths_from_file = {k for k in ("input", "output", "prices_file", "state_dir", "cache_dir", "local_model")
                        if origin.get(k) == str(job_file)}
+    if api_key:
+        check_key(api_key, f"{overrides_from}: keyword 'api_key'" if overrides_from else "--api-key")
     job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"),
-                    bool(api_key) or not require_key or bool(values.get("local")))
+                    bool(api_key) or not require_key or bool(values.get("local")), key_given=bool(api_key))
     job = replace(job, run_date=day)
     if api_key:
         job = replace(job, endpoint=replace(job.endpoint, api_key=api_key))
@@ -260,7 +262,7 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise JobError(f"{where}: key '{key}' must be {bound}, got {value!r}")
 
 
-def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_flag) -> Job:
+def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_flag, key_given=False) -> Job:
     def path(key: str) -> Path | None:
         if key not in values:
             return None
@@ -302,7 +304,7 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         required_columns=tuple(values.get("required_columns", ())),
         encoding=codecs.lookup(values.get("encoding", "utf-8")).name,
         null_values=_strings(values.get("null_values", ())),
-        endpoint=_endpoint(values, env, source, has_key_flag),
+        endpoint=_endpoint(values, env, source, has_key_flag, key_given),
         limits=Limits(
             concurrency=values.get("concurrency", Limits.concurrency),
             requests_per_minute=values.get("rpm"),
@@ -340,7 +342,9 @@ def _strings(value: str | list[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, has_key_flag: bool) -> Endpoint:
+def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, has_key_flag: bool,
+              key_given: bool = False) -> Endpoint:
+    """The endpoint; ``key_given``: a key was passed in (``--api-key``), so the environment's is unused."""
     api_version = values.get("api_version") or None
     base_url = values.get("base_url") or env.get("OPENAI_BASE_URL")
     if api_version and not base_url:
@@ -357,7 +361,10 @@ def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, ha
         raise JobError(f"{source}: an Azure OpenAI endpoint needs 'api_version' (e.g. 2024-10-21)")
     key_names = [values["api_key_env"]] if "api_key_env" in values else (
         ["AZURE_OPENAI_API_KEY", "OPENAI_API_KEY"] if azure else ["OPENAI_API_KEY"])
-    api_key = next((env[n] for n in key_names if env.get(n)), None)
+    key_name = next((n for n in key_names if env.get(n)), None)
+    api_key = env[key_name] if key_name else None
+    if api_key and not key_given:
+        check_key(api_key, f"${key_name}")
     if not api_key and not has_key_flag and not _is_loopback(host):
         raise JobError(f"no API key: set {key_names[0]} in the environment (or pass --api-key)")
     base_url, basic_auth = _split_userinfo(base_url)
@@ -378,6 +385,28 @@ def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, ha
         proxy=proxy,
         basic_auth=basic_auth,
     )
+
+
+def check_key(key: str, where: str) -> None:
+    """Refuse an API key no HTTP header can carry (a newline from ``$(cat key.txt)``, a ``\\r``, a
+    space, another control character), naming ``where`` it came from and what is wrong — never any
+    part of the key."""
+    bad = next((i for i, char in enumerate(key) if not " " < char < "\x7f"), None)
+    if bad is None:
+        return
+    what = KEY_CHARACTERS.get(key[bad], "a control character" if key[bad] < " " or key[bad] == "\x7f"
+                              else "a non-ASCII character")
+    if bad == len(key) - 1 or not key[bad:].strip():
+        place = f"ends with {what}"
+    elif bad == 0:
+        place = f"starts with {what}"
+    else:
+        place = f"contains {what} at position {bad + 1} of {len(key)}"
+    raise JobError(f"the API key from {where} {place}; an API key is one line of printable characters "
+                   "(a trailing newline often comes from a key file: strip it, e.g. $(tr -d '\\r\\n' < key.txt))")
+
+
+KEY_CHARACTERS = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab", " ": "a space"}
 
 
 def _split_userinfo(base_url: str) -> tuple[str, str | None]:

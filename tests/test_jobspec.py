@@ -141,3 +141,41 @@ def test_encoding_and_null_values(tmp_path):
                   {}, ENV)
     with pytest.raises(JobError, match="null_values"):
         build_job(write_job(tmp_path, 'input = "in.csv"\nmodel = "m"\ntemplate = "{x}"\nnull_values = [1]\n'), {}, ENV)
+
+
+KEY = "sk-test-key-000"
+JOB = {"input": "x.csv", "model": "m", "template": "{a}"}
+
+
+@pytest.mark.parametrize("key, problem", [
+    (KEY + "\n", "ends with a newline"),
+    (KEY + "\r\n", "ends with a carriage return"),
+    (KEY + " ", "ends with a space"),
+    ("\t" + KEY, "starts with a tab"),
+    ("sk-test key-000", "contains a space at position 8 of 15"),
+    ("sk-test\x00key-000", "contains a control character at position 8 of 15"),
+    ("sk-test\u00e9key-000", "contains a non-ASCII character at position 8 of 15"),
+])
+def test_a_key_no_header_can_carry_is_refused_naming_its_variable_and_never_showing_it(key, problem):
+    with pytest.raises(JobError) as caught:
+        build_job(None, JOB, {"OPENAI_API_KEY": key})
+    message = str(caught.value)
+    assert message.startswith(f"the API key from $OPENAI_API_KEY {problem};"), message
+    assert not any(key.strip()[:n] in message for n in range(3, len(key) + 1))
+
+
+def test_a_bad_key_is_refused_from_the_flag_the_python_keyword_azure_and_api_key_env():
+    with pytest.raises(JobError, match=r"^the API key from --api-key ends with a newline"):
+        build_job(None, JOB, ENV, api_key=KEY + "\n")
+    with pytest.raises(JobError, match=r"^the API key from Job\(\): keyword 'api_key' ends with a newline"):
+        build_job(None, JOB, ENV, api_key=KEY + "\n", overrides_from="Job()")
+    azure = {**JOB, "api_version": "2024-10-21", "base_url": "https://res.openai.azure.com"}
+    with pytest.raises(JobError, match=r"^the API key from \$AZURE_OPENAI_API_KEY ends with a carriage return"):
+        build_job(None, azure, {"AZURE_OPENAI_API_KEY": "0123abcd\r"})
+    with pytest.raises(JobError, match=r"^the API key from \$MY_KEY contains a space"):
+        build_job(None, {**JOB, "api_key_env": "MY_KEY"}, {"MY_KEY": "sk-a b"})
+
+
+def test_a_good_flag_key_wins_over_a_bad_one_in_the_environment():
+    job = build_job(None, JOB, {"OPENAI_API_KEY": KEY + "\n"}, api_key="sk-flag-999")
+    assert job.endpoint.api_key == "sk-flag-999"

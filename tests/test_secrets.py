@@ -185,3 +185,16 @@ def test_known_secrets_cover_every_source_of_the_key():
            "HTTPS_PROXY": "http://proxyuser:proxypass9@127.0.0.1:3128"}
     found = cli_module.known_secrets(env, {"api_key": "sk-flag-4444", "api_key_env": "MINE"})
     assert {"sk-env-1111", "az-env-2222", "sk-mine-3333", "sk-flag-4444", "proxypass9"} <= set(found)
+
+
+@pytest.mark.parametrize("key, problem", [(SECRET_KEY + "\n", "ends with a newline"),
+                                          (SECRET_KEY[:10] + "\r" + SECRET_KEY[10:], "contains a carriage return")])
+def test_a_key_with_a_control_character_stops_the_run_before_anything_is_sent(cli, fake, tmp_path, key, problem):
+    inp = write_input(tmp_path, ["one", "two"])
+    out = tmp_path / "out.parquet"
+    proc = cli.run("run", "--input", inp, "--output", out, "--template", "{text}", "--model", "gpt-4o-mini",
+                   "--base-url", fake.base_url, env={"OPENAI_API_KEY": key})
+    assert proc.returncode == 2, proc.stderr
+    assert f"the API key from $OPENAI_API_KEY {problem}" in proc.stderr
+    assert not leaks(proc.stdout + proc.stderr, SECRET_KEY)
+    assert fake.requests == [] and not out.exists()
