@@ -35,19 +35,27 @@ failure) and the client (a signal: :class:`ClusterStop`) call :meth:`ClusterLimi
 process sees the reason in its next report's answer (and a part that starts later, in
 :meth:`ClusterLimiter.begin`'s), and whether requests in flight are to be cancelled (a second stop).
 
+**Losing the limiter.** A process reaches the limiter through an :class:`ActorLink`, the one
+boundary with the Actor: whatever a call raises there (the limiter's worker died — ``distributed``
+raises ``RuntimeError``/``OSError`` — or the limiter itself failed) becomes
+:class:`~pipeline.errors.LimiterLost`, chained to the cause. The runner stops on it as on any
+error that is no row's fault (nothing more is sent, finished rows stay in the partition's journal)
+and the job fails with it; a rerun resumes.
+
 The limiter's methods are plain and quick (an Actor runs them one at a time); the clock is
 injectable, so tests drive it without a cluster.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
 from decimal import Decimal
 from typing import Any, Awaitable, Callable, Mapping
 
-from .errors import CostCapReached
+from .errors import CostCapReached, LimiterLost
 from .ratelimit import TokenBucket
 from .spend import SpendCap, cap_reached
 
@@ -318,6 +326,43 @@ class ClusterCap:
     def describe(self) -> str:
         """Why the last claim was refused (the limiter's words: the job's spend and cap)."""
         return self._refusal
+
+
+class ActorLink:
+    """Calls to the limiter Actor: ``ask`` awaits the answer, ``call`` blocks for it, ``tell`` does not.
+
+    The one boundary with the Actor: any exception a call raises (its worker was lost, it could not
+    be reached, the limiter failed) is raised as :class:`~pipeline.errors.LimiterLost`.
+    """
+
+    def __init__(self, actor: Any) -> None:
+        self._actor = actor
+
+    async def ask(self, method: str, *args: Any) -> Any:
+        try:
+            future = getattr(self._actor, method)(*args)
+            return await asyncio.to_thread(future.result)
+        except Exception as exc:  # the documented boundary: whatever distributed or the limiter raised
+            raise _lost(method, exc) from exc
+
+    def call(self, method: str, *args: Any) -> Any:
+        """``ask``, blocking (the client's thread, outside any event loop)."""
+        try:
+            return getattr(self._actor, method)(*args).result()
+        except Exception as exc:  # the documented boundary, as in ask
+            raise _lost(method, exc) from exc
+
+    def tell(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self._actor, method)(*args)
+        except Exception as exc:  # the documented boundary (a lost Actor refuses even to be called)
+            raise _lost(method, exc) from exc
+
+
+def _lost(method: str, exc: Exception) -> LimiterLost:
+    return LimiterLost(f"the cluster's limiter failed ({method}: {type(exc).__name__}: {exc}); its worker may "
+                       "have died. Nothing more is sent; rows finished are kept in each partition's journal "
+                       "(the state folder): run the same command again to resume")
 
 
 class ClusterStop:

@@ -34,7 +34,9 @@ lazy Dask DataFrame: the input columns as they were, plus the output columns (py
 slices, returns what it did not use, and passes on learned limits and 429 pauses (a 429 anywhere
 slows every worker). The limiter also collects progress (the client prints one line for the job)
 and spreads a stop: a partition that must stop the job (auth failure, quota) stops them all. If the
-worker holding the limiter dies, the run fails; run it again to resume.
+worker holding the limiter dies (or the limiter fails), every call to it raises
+:class:`~pipeline.errors.LimiterLost` (:class:`~pipeline.clusterlimit.ActorLink`): no partition
+sends again and the run fails with it; finished rows are journaled, so running it again resumes.
 
 **One cost cap.** With ``max_cost`` the limiter holds the job's spend: before each request a
 partition reserves its worst case (the local cap's estimate) there and settles it with the exact
@@ -74,7 +76,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .clusterlimit import ClusterCap, ClusterLease, ClusterLimiter, ClusterStop
+from .clusterlimit import ActorLink, ClusterCap, ClusterLease, ClusterLimiter, ClusterStop
 from .errors import InputError, JobError, OutputExistsError
 from .jobspec import Job, build_job
 from .pricing import load_prices
@@ -179,23 +181,9 @@ def _enrich_partition(frame: Any, part: PartJob, partition_info: dict | None = N
 
     number = partition_info["number"] if partition_info else 0
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    results = asyncio.run(run_part(part, number, table, _ActorLink(part.limiter)))
+    results = asyncio.run(run_part(part, number, table, ActorLink(part.limiter)))
     columns = {name: pd.arrays.ArrowExtensionArray(results.column(name)) for name in results.column_names}
     return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
-
-
-class _ActorLink:
-    """Calls to the limiter Actor: ``ask`` awaits the answer, ``tell`` does not."""
-
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
-
-    async def ask(self, method: str, *args: Any) -> Any:
-        future = getattr(self._actor, method)(*args)
-        return await asyncio.to_thread(future.result)
-
-    def tell(self, method: str, *args: Any) -> None:
-        getattr(self._actor, method)(*args)
 
 
 async def run_part(part: PartJob, number: int, table: pa.Table, link: Any) -> pa.Table:
@@ -304,12 +292,12 @@ def run_cluster(job: Job, address: str, *, fresh: bool = False, retry_errors: bo
             written = frame.to_parquet(str(tmp), write_index=False, compute=False, schema=output_schema(
                 schema, job.column_prefix, job.choices_per_request, job.output))
             future = client.compute(written)
-            _watch(future, limiter, stop, echo, say, interval_s=min(job.progress_interval_s, 2.0), grace_s=grace_s)
+            _watch(future, ActorLink(limiter), stop, echo, say, interval_s=min(job.progress_interval_s, 2.0), grace_s=grace_s)
             future.result()
         finally:
             stop.detach()
-        parts = limiter.summaries().result()
-        totals = limiter.totals().result()
+        parts = ActorLink(limiter).call("summaries")
+        totals = ActorLink(limiter).call("totals")
     _replace(tmp, output)
     summary = _job_summary(job, [parts[key] for key in sorted(parts)], totals)
     code = _exit_code(summary)
@@ -372,7 +360,7 @@ def _client(address: str):
         yield client
 
 
-def _watch(future: Any, limiter: Any, stop: ClusterStop, echo: Callable[[str], None] | None,
+def _watch(future: Any, link: ActorLink, stop: ClusterStop, echo: Callable[[str], None] | None,
            say: Callable[[str], None] | None, interval_s: float, grace_s: float) -> None:
     """Wait for the run, printing one progress line per interval, and what a stop does."""
     from distributed import wait
@@ -389,7 +377,7 @@ def _watch(future: Any, limiter: Any, stop: ClusterStop, echo: Callable[[str], N
                 f"requests in flight get up to {grace_s:g}s to finish (signal again to cancel them)"
                 if said == 1 else "requests in flight are cancelled"))
         if echo:
-            echo(_progress_line(limiter.totals().result(), time.monotonic() - started))
+            echo(_progress_line(link.call("totals"), time.monotonic() - started))
 
 
 def _progress_line(totals: dict, elapsed_s: float) -> str:

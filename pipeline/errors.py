@@ -15,6 +15,8 @@ should be sent again by a plain rerun: :func:`is_transient` answers it from the 
     ├── OutputError              the output cannot be written (disk full, ...): the run stops (exit 4)
     ├── RunAborted               Python API: the run stopped (auth, quota, cost cap); carries the
     │                            partial result
+    ├── LimiterLost              --dask: the cluster's limiter (an Actor) failed or its worker died:
+    │                            the job stops (exit 3); finished rows are in the journals
     └── RequestFailed            one HTTP exchange failed (carries http_status, error_type)
         ├── retryable = True       transient: a rerun sends the row again
         │   ├── RateLimited        429 rate_limit_exceeded (slows the whole run)
@@ -72,6 +74,11 @@ class RunAborted(ChatbatchError):
         self.result = result
         self.summary = summary
         self.stopped_by = summary.get("stopped_by")
+
+
+class LimiterLost(ChatbatchError):
+    """A call to the cluster's limiter (a ``distributed`` Actor, see :mod:`pipeline.clusterlimit`)
+    failed: its worker died or it raised. No process can send without it, so the job stops."""
 
 
 class RequestFailed(ChatbatchError):

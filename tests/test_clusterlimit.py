@@ -9,7 +9,9 @@ import pytest
 
 from decimal import Decimal
 
-from pipeline.clusterlimit import LEASE_TTL_S, SHARE, UNLIMITED, ClusterCap, ClusterLease, ClusterLimiter, ClusterStop
+from pipeline.clusterlimit import (LEASE_TTL_S, SHARE, UNLIMITED, ActorLink, ClusterCap, ClusterLease, ClusterLimiter,
+                                  ClusterStop)
+from pipeline.errors import LimiterLost
 from pipeline.pricing import load_prices
 from pipeline.ratelimit import RateBudget
 from pipeline.spend import SpendCap, cap_reached
@@ -200,6 +202,73 @@ def test_processes_claiming_from_one_cluster_cap_get_what_one_local_cap_would():
     assert claimed[-1] is None and caps[0].describe() == limiter.stop_reason == local.describe()
     caps[0].settle(claimed[0], Decimal("0.00005"))
     assert limiter.spent_usd == Decimal("0.00005") and limiter.reserved_usd == 3 * claimed[1]
+
+
+class Answer:
+    """An Actor call's future, as distributed returns one: ``result()`` gives the answer or raises."""
+
+    def __init__(self, value=None, error: Exception | None = None) -> None:
+        self._value, self._error = value, error
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class DyingActor:
+    """A limiter Actor whose worker dies at the ``dies_at``-th ``reserve_cost``: that call and every
+    later one fail as distributed fails them (OSError from the future, then RuntimeError at once)."""
+
+    def __init__(self, limiter: ClusterLimiter, dies_at: int) -> None:
+        self._limiter, self._dies_at, self.reserves, self.dead = limiter, dies_at, 0, False
+
+    def __getattr__(self, method: str):
+        if self.dead:
+            raise RuntimeError("Worker holding Actor was lost.  Status: lost")
+
+        def call(*args):
+            if method == "reserve_cost":
+                self.reserves += 1
+                if self.reserves == self._dies_at:
+                    self.dead = True
+                    return Answer(error=OSError("Unable to contact Actor's worker"))
+            return Answer(getattr(self._limiter, method)(*args))
+        return call
+
+
+def test_a_lost_limiter_is_a_chatbatch_error_naming_the_call_for_asks_and_tells():
+    link = ActorLink(DyingActor(ClusterLimiter(None, None, "1"), dies_at=1))
+    cap = ClusterCap(SpendCap(Decimal("1"), load_prices(), "gpt-4o-mini", 100, 1), link.ask, link.tell)
+    with pytest.raises(LimiterLost, match=r"^the cluster's limiter failed \(reserve_cost: OSError: Unable to "
+                                          r"contact Actor's worker\); its worker may have died") as caught:
+        asyncio.run(cap.claim(1000))
+    assert isinstance(caught.value.__cause__, OSError)
+    with pytest.raises(LimiterLost, match=r"\(settle_cost: RuntimeError: Worker holding Actor was lost"):
+        cap.settle(Decimal("0.0001"), Decimal("0.0001"))
+
+
+def test_a_partition_whose_limiter_dies_mid_run_stops_sending_and_keeps_its_finished_rows(fake, tmp_path):
+    import pyarrow as pa
+
+    from conftest import SECRET_KEY
+    from pipeline.dask import PartJob, run_part
+    from pipeline.jobspec import build_job
+    from pipeline.state import INSPECT, open_state
+
+    job = build_job(None, {"input": "<dask>", "output": "<dask>.parquet", "template": "{text}", "model": "gpt-4o-mini",
+                           "base_url": fake.base_url, "max_cost": 1.0, "max_completion_tokens": 5,
+                           "concurrency": 1}, {"OPENAI_API_KEY": SECRET_KEY})
+    actor = DyingActor(ClusterLimiter(None, None, "1.0"), dies_at=3)  # the first two rows are sent
+    table = pa.table({"text": [f"row {n}" for n in range(6)]})
+    with pytest.raises(LimiterLost, match="reserve_cost"):
+        asyncio.run(run_part(PartJob(job, actor, tmp_path / "state", False), 0, table, ActorLink(actor)))
+    assert [r["prompt"] for r in fake.requests] == ["row 0", "row 1"]
+    store = open_state(tmp_path / "state" / "part-0", None, purpose=INSPECT)
+    try:
+        assert {idx: r.status for idx, r in store.results_between(0, 6).items()} == {0: "ok", 1: "ok"}
+    finally:
+        store.close()
 
 
 def test_a_stop_pressed_before_the_limiter_exists_applies_when_it_does_and_a_second_cancels():
