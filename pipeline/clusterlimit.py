@@ -22,7 +22,8 @@ a second), which then grows back linearly to the full rate over :data:`RECOVER_S
 **Cost.** With ``max_cost_usd`` the limiter is the one cost cap (:class:`ClusterCap` is a
 process's side of it): before each request a process reserves its worst case — the estimate of the
 local cap, :meth:`pipeline.spend.SpendCap.most` — with :meth:`ClusterLimiter.reserve_cost`, and
-settles it with the exact cost from ``usage`` (:meth:`ClusterLimiter.settle_cost`). The spend counts
+settles it with the exact cost from ``usage`` (:meth:`ClusterLimiter.settle_cost`); the arithmetic is
+a local cap's, :class:`pipeline.spend.CostLedger`. The spend counts
 what earlier runs of the job were billed, part by part: the client starts the limiter with each
 part's billed total as its journal holds it (an upper bound: a part whose journal is then reset
 spent nothing in this job), and each part states its own when it starts (:meth:`ClusterLimiter.begin`),
@@ -57,7 +58,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from .errors import CostCapReached, LimiterLost
 from .ratelimit import TokenBucket
-from .spend import SpendCap, cap_reached
+from .spend import CostLedger, SpendCap, cap_reached
 
 SHARE = 0.97  # of the limits: the processes share no server count to steer by (see ratelimit)
 SLICE_S = 0.25  # a lease holds at most this long's worth of the rate
@@ -85,8 +86,7 @@ class ClusterLimiter:
         self._factor, self._factor_at, self._last_cut = 1.0, clock(), -math.inf
         self.cost_cap = Decimal(max_cost_usd) if max_cost_usd is not None else None
         self.earlier_usd = {part: Decimal(amount) for part, amount in (earlier_usd or {}).items()}
-        self.run_spent_usd = Decimal(0)  # what this run's requests cost (or may have cost)
-        self.reserved_usd = Decimal(0)
+        self.ledger = CostLedger(self.cost_cap or Decimal(0), sum(self.earlier_usd.values(), Decimal(0)))
         self.stopped_by: str | None = None
         self.hard_stop = False
         self.granted_requests = 0
@@ -172,7 +172,12 @@ class ClusterLimiter:
     @property
     def spent_usd(self) -> Decimal:
         """The job's spend: earlier runs' (per part) and this run's."""
-        return sum(self.earlier_usd.values(), Decimal(0)) + self.run_spent_usd
+        return self.ledger.spent_usd
+
+    @property
+    def reserved_usd(self) -> Decimal:
+        """What requests in flight may still cost."""
+        return self.ledger.reserved_usd
 
     def reserve_cost(self, amount_usd: str) -> str | None:
         """Reserve one request's worst case: None when reserved, else why not (the job then stops)."""
@@ -181,25 +186,24 @@ class ClusterLimiter:
             return None
         if self.stopped_by == CAP_REACHED:
             return self.stop_reason
-        if self.spent_usd + self.reserved_usd + amount > self.cost_cap:
+        if not self.ledger.reserve(amount):
             reason = cap_reached(self.cost_cap, self.spent_usd)
             self.stop(reason, CAP_REACHED)
             return reason
-        self.reserved_usd += amount
         return None
 
     def settle_cost(self, reserved_usd: str, cost_usd: str | None) -> None:
         """Replace a reservation by what the attempt cost (None: unknown, assume the reservation)."""
         if self.cost_cap is None:
             return
-        self.reserved_usd -= Decimal(reserved_usd)
-        self.run_spent_usd += Decimal(reserved_usd if cost_usd is None else cost_usd)
+        self.ledger.settle(Decimal(reserved_usd), None if cost_usd is None else Decimal(cost_usd))
 
     # -- progress and stop -------------------------------------------------------------------
     def begin(self, part: Any, earlier_usd: str) -> tuple[str | None, bool]:
         """A part starts: what earlier runs spent on it (replacing the client's bound); returns
         :meth:`report`'s answer."""
         self.earlier_usd[part] = Decimal(earlier_usd)
+        self.ledger.earlier_usd = sum(self.earlier_usd.values(), Decimal(0))
         return self.stop_reason, self.hard_stop
 
     def report(self, part: Any, counts: dict) -> tuple[str | None, bool]:

@@ -27,6 +27,45 @@ if TYPE_CHECKING:
     from .jobspec import Job
 
 
+class CostLedger:
+    """The cost cap's arithmetic, for a run's :class:`SpendCap` and a cluster's limiter alike.
+
+    The spend so far is ``earlier_usd`` (what earlier runs of the job were billed; a cluster's
+    limiter replaces it as parts state theirs) plus this run's ``run_spent_usd``. A worst case fits
+    when the spend, plus what requests in flight may still cost (``reserved_usd``), plus it, stays
+    within ``cap_usd``; settling swaps a reservation for the exact cost (None: unknown, the
+    reservation counts)::
+
+        >>> ledger = CostLedger(Decimal("0.010"), earlier_usd=Decimal("0.002"))
+        >>> ledger.reserve(Decimal("0.004")), ledger.reserve(Decimal("0.004")), ledger.reserve(Decimal("0.001"))
+        (True, True, False)
+        >>> ledger.settle(Decimal("0.004"), Decimal("0.001")); ledger.spent_usd, ledger.reserved_usd
+        (Decimal('0.003'), Decimal('0.004'))
+    """
+
+    def __init__(self, cap_usd: Decimal, earlier_usd: Decimal = Decimal(0)) -> None:
+        self.cap_usd = cap_usd
+        self.earlier_usd = earlier_usd
+        self.run_spent_usd = Decimal(0)
+        self.reserved_usd = Decimal(0)
+
+    @property
+    def spent_usd(self) -> Decimal:
+        return self.earlier_usd + self.run_spent_usd
+
+    def reserve(self, amount_usd: Decimal) -> bool:
+        """Reserve a worst case; False (nothing reserved) when it could push the spend past the cap."""
+        if self.spent_usd + self.reserved_usd + amount_usd > self.cap_usd:
+            return False
+        self.reserved_usd += amount_usd
+        return True
+
+    def settle(self, reservation_usd: Decimal, cost_usd: Decimal | None) -> None:
+        """Replace a reservation by what the attempt really cost (None: assume the worst)."""
+        self.reserved_usd -= reservation_usd
+        self.run_spent_usd += reservation_usd if cost_usd is None else cost_usd
+
+
 class SpendCap:
     def __init__(self, cap_usd: Decimal, prices: PriceTable, model: str, max_output_tokens: int | None,
                  choices: int, spent_usd: Decimal = Decimal(0), tier: str | None = None) -> None:
@@ -43,9 +82,7 @@ class SpendCap:
                                "(its largest reply is not known)")
             max_output_tokens = limits.max_output_tokens
         rate_in, _, rate_out = prices.models[name].rates(tier)
-        self.cap_usd = cap_usd
-        self.spent_usd = spent_usd
-        self.reserved_usd = Decimal(0)
+        self.ledger = CostLedger(cap_usd, earlier_usd=spent_usd)
         self._input = rate_in / MILLION
         self._output_max = rate_out * max_output_tokens * choices / MILLION
 
@@ -55,6 +92,18 @@ class SpendCap:
         return cls(Decimal(str(job.max_cost_usd)), prices, job.model, job.max_output_tokens,
                    job.choices_per_request, spent_usd=spent_usd, tier=job.service_tier)
 
+    @property
+    def cap_usd(self) -> Decimal:
+        return self.ledger.cap_usd
+
+    @property
+    def spent_usd(self) -> Decimal:
+        return self.ledger.spent_usd
+
+    @property
+    def reserved_usd(self) -> Decimal:
+        return self.ledger.reserved_usd
+
     def most(self, prompt_tokens: int) -> Decimal:
         """The most one request with ``prompt_tokens`` can cost."""
         return prompt_tokens * self._input + self._output_max
@@ -62,15 +111,11 @@ class SpendCap:
     def reserve(self, prompt_tokens: int) -> Decimal | None:
         """Reserve a request's worst case; None when it could push the spend past the cap."""
         amount = self.most(prompt_tokens)
-        if self.spent_usd + self.reserved_usd + amount > self.cap_usd:
-            return None
-        self.reserved_usd += amount
-        return amount
+        return amount if self.ledger.reserve(amount) else None
 
     def settle(self, reservation: Decimal, cost_usd: Decimal | None) -> None:
         """Replace a reservation by what the attempt really cost (None: assume the worst)."""
-        self.reserved_usd -= reservation
-        self.spent_usd += reservation if cost_usd is None else cost_usd
+        self.ledger.settle(reservation, cost_usd)
 
     async def claim(self, prompt_tokens: int) -> Decimal | None:
         """:meth:`reserve`, as the runner asks a cap (a cluster's cap answers over the network)."""
