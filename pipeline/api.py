@@ -33,7 +33,8 @@
   the job's fingerprint and the data's content, so nothing is written beside the user's data;
   ``state_dir=`` puts the journal elsewhere and ``fresh=True`` starts over.
 * ``Job.from_toml("jobs/x.toml", **overrides).run()`` runs a job file as ``chatbatch run`` does
-  (output file, summary, state beside the output) and returns its :class:`~pipeline.run.RunReport`.
+  (output file, summary, state beside the output, the report page with ``report = true``) and
+  returns its :class:`~pipeline.run.RunReport`.
 """
 
 from __future__ import annotations
@@ -130,6 +131,8 @@ class Job:
         ``exit_code`` is the CLI's. Ctrl-C stops gracefully, then raises ``KeyboardInterrupt``."""
         switch = StopSwitch()
         report, interrupted = _in_worker_thread(lambda: self._run(switch), switch)
+        if self.spec.report:
+            _write_run_report(report.output_path, self.spec.endpoint.secrets)
         if interrupted or report.exit_code == EXIT_INTERRUPTED:
             raise KeyboardInterrupt(f"chatbatch: interrupted; rows finished were written to {report.output_path}"
                                     "; run the job again to resume: finished rows will not be sent again")
@@ -148,6 +151,16 @@ class Job:
             _announce(prepared, quiet)
             return await run_job(job, prepared=prepared, progress_mode="quiet" if quiet else "auto",
                                  retry_errors=self.retry_errors, stop=stop)
+
+
+def _write_run_report(output: Path, secrets: tuple[str, ...]) -> None:
+    """``report = true``: the CLI's page beside the output; if it cannot be written (no report
+    extra, ...), a :class:`ChatbatchWarning` says why, as the CLI says it on stderr."""
+    from .report import write_run_report
+
+    _, problem = write_run_report(output, secrets)
+    if problem is not None:
+        warnings.warn(problem, ChatbatchWarning, stacklevel=3)
 
 
 # -- one call --------------------------------------------------------------------------------

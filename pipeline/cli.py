@@ -506,29 +506,22 @@ def report(output: Path, html_path: Path | None, previous: Path | None) -> None:
 
 
 def _report_writer():
-    """:func:`pipeline.reportpage.write_report`, imported only now: matplotlib is the report extra."""
-    try:
-        from .reportpage import write_report
-    except ImportError as exc:
-        raise JobError(f"the report needs the report extra: pip install 'chatbatch[report]' ({exc})") from exc
-    return write_report
+    """:func:`pipeline.reportpage.write_report` (matplotlib, the report extra, is loaded only now)."""
+    from .report import page_writer
+
+    return page_writer()
 
 
 def _write_run_report(output: Path, quiet: bool, log: Log) -> None:
     """``--report`` after a run: the page of what was done. Its failure is said on stderr and changes
     neither the output (already in place) nor the run's exit code."""
-    try:
-        path = _report_writer()(output, secrets=log.secrets)
-    except ChatbatchError as exc:
-        problem = str(exc)
-    except Exception as exc:  # the last resort: a report must never cost the run its exit code
-        problem = f"internal error: {type(exc).__name__}: {exc}"
-    else:
-        if not quiet:
-            log.result("report", f"report: {path}", f"report written to {path}", report=str(path))
-        return
-    log.error("report_failed", f"the report could not be written: {problem}\n  The run's output {output} is "
-              f"complete; 'chatbatch report {output}' tries again.", output=str(output))
+    from .report import write_run_report
+
+    path, problem = write_run_report(output, secrets=log.secrets)
+    if problem is not None:
+        log.error("report_failed", problem, output=str(output))
+    elif not quiet:
+        log.result("report", f"report: {path}", f"report written to {path}", report=str(path))
 
 
 def _stop_on_signals(log: Log, dask: bool = False) -> StopSwitch | ClusterStop:

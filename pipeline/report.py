@@ -4,7 +4,9 @@
 and the few output columns a report needs — and returns :class:`Figures`: counts, histograms,
 percentiles and a timeline, as tuples of numbers and texts. Nothing here draws or writes HTML:
 :mod:`pipeline.charts` draws the figures, :mod:`pipeline.reportpage` lays out the page. So this
-module needs no matplotlib, and tests can check the numbers alone::
+module needs no matplotlib, and tests can check the numbers alone (:func:`write_run_report`, what a
+run with ``report = true`` calls — the CLI's and :meth:`pipeline.api.Job.run` alike — loads the page
+writer, and matplotlib, only then)::
 
     figures = read_figures(Path("out/reviews-classified.parquet"))
     figures.labels.items            # (("positive", 120), ("negative", 51), ...)
@@ -35,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import ChatbatchError, InputError, JobError
 from .redaction import redact_cut
 from .run import read_summary
 
@@ -319,3 +321,30 @@ def _timeline(column: pa.ChunkedArray | None, summary: dict) -> Timeline | None:
 
 def _unix(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def write_run_report(output: Path, secrets: Iterable[str] = ()) -> tuple[Path | None, str | None]:
+    """``report = true`` after a run: write the page of what was done beside ``output``.
+
+    Returns (its path, None), or (None, what went wrong, to be said): a report never costs a run its
+    output, result or exit code.
+    """
+    try:
+        path = page_writer()(output, secrets=secrets)
+    except ChatbatchError as exc:
+        problem = str(exc)
+    except Exception as exc:  # the last resort: a report must never cost the run its result
+        problem = f"internal error: {type(exc).__name__}: {exc}"
+    else:
+        return path, None
+    return None, (f"the report could not be written: {problem}\n  The run's output {output} is "
+                  f"complete; 'chatbatch report {output}' tries again.")
+
+
+def page_writer():
+    """:func:`pipeline.reportpage.write_report`, imported only now: matplotlib is the report extra."""
+    try:
+        from .reportpage import write_report
+    except ImportError as exc:
+        raise JobError(f"the report needs the report extra: pip install 'chatbatch[report]' ({exc})") from exc
+    return write_report

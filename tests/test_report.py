@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from conftest import SECRET_KEY, make_cli
+from conftest import REPO, SECRET_KEY, make_cli
 from fakeapi import FakeOpenAI
 from pipeline.cli import main
 from pipeline.records import RowResult, result_from_json, result_to_json
@@ -398,3 +398,38 @@ def test_the_headline_date_is_the_jobs_date_and_json_logs_name_the_report(cli, f
     assert [line["report"] for line in lines if line["event"] == "report"] == [f"{out}.report.html"]
     cards = Page(Path(f"{out}.report.html").read_text()).sections["headline"]["cards"]
     assert cards["date"] == "2026-11-30" and cards["finished"].startswith("20")
+
+
+def write_report_job(tmp_path, fake) -> Path:
+    (tmp_path / "in.csv").write_text("text\nhello\nbad [[status:422]]\n")
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "in.csv"\noutput = "out.parquet"\nmodel = "gpt-4o-mini"\ntemplate = "{{text}}"\n'
+                   f'base_url = "{fake.base_url}"\nreport = true\n')
+    return job
+
+
+def test_the_python_api_writes_the_report_beside_the_output_when_the_job_says_report(fake, tmp_path, monkeypatch):
+    from pipeline.api import Job
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)
+    report = Job.from_toml(write_report_job(tmp_path, fake), progress=False).run()
+    assert report.exit_code == 1 and report.output_path == tmp_path / "out.parquet"
+    page = (tmp_path / "out.parquet.report.html").read_text()
+    assert "invalid_request" in page and SECRET_KEY not in page  # the errors section, of this run
+
+
+def test_the_python_api_without_the_report_extra_keeps_the_run_and_warns_what_to_install(cli, fake, tmp_path):
+    stub = tmp_path / "stub" / "matplotlib"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('No module named matplotlib (a test stub)')\n")
+    code = ("import sys, warnings\nfrom pipeline.api import ChatbatchWarning, Job\n"
+            "with warnings.catch_warnings(record=True) as caught:\n    warnings.simplefilter('always')\n"
+            "    report = Job.from_toml(sys.argv[1], progress=False).run()\n"
+            "print(report.exit_code)\nprint('|'.join(str(w.message) for w in caught if w.category is ChatbatchWarning))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(write_report_job(tmp_path, fake))], cwd=REPO,
+                          env=cli.env({"PYTHONPATH": str(stub.parent)}), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("1\nthe report could not be written: the report needs the report extra: "
+                                  "pip install 'chatbatch[report]'"), proc.stdout
+    assert pq.read_table(tmp_path / "out.parquet").column("status").to_pylist() == ["ok", "error"]
+    assert not (tmp_path / "out.parquet.report.html").exists()
