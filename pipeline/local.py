@@ -16,9 +16,10 @@ name, replies capped, one request at a time and no retry after a timeout, labels
 (:func:`label_params`), the system prompt folded into the user turn (llama-cpp-python's ``gemma``
 format drops system messages). The model is a small base model: replies are real, not smart.
 
-Install the extra (it compiles llama.cpp: about 6 minutes on 2 cores, portable build)::
+Install the extra (it compiles llama.cpp: about 6 minutes on 2 cores; the flags are the portable
+build plus the AVX-512 extensions the CPU has, see the README)::
 
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" pip install '.[local]'
+    CMAKE_ARGS="$(sh .ci/llama-cmake-args)" pip install '.[local]'
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ LABEL_BIAS = 100.0  # added to each label's first token: far above any other tok
 LOG_TAIL_LINES = 25
 SECRET_VARIABLE = re.compile(r"API_?KEY|TOKEN|SECRET|PASSW|CREDENTIAL|_AUTH", re.IGNORECASE)
 INSTALL_HINT = ("install the local extra: CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF\" "
-                "pip install 'chatbatch[local]' (or '.[local]' from a checkout)")
+                "pip install 'chatbatch[local]' (from a checkout: CMAKE_ARGS=\"$(sh .ci/llama-cmake-args)\" "
+                "pip install '.[local]', which adds the AVX-512 extensions the CPU has)")
 
 
 def default_model(cache_dir: Path) -> Path:
