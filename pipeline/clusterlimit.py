@@ -336,31 +336,48 @@ class ActorLink:
     """Calls to the limiter Actor: ``ask`` awaits the answer, ``call`` blocks for it, ``tell`` does not.
 
     The one boundary with the Actor: any exception a call raises (its worker was lost, it could not
-    be reached, the limiter failed) is raised as :class:`~pipeline.errors.LimiterLost`.
+    be reached, the limiter failed) is raised as :class:`~pipeline.errors.LimiterLost` — by ``ask``
+    and ``call`` at once, and for a ``tell`` by the next ``ask`` or ``call``. A ``tell`` never raises:
+    it settles requests already sent, and their replies (paid for) must reach the journal; every send
+    is preceded by an ``ask``, so nothing more is sent after a failed ``tell``.
     """
 
     def __init__(self, actor: Any) -> None:
         self._actor = actor
+        self._lost: LimiterLost | None = None  # what a tell met, raised by the next ask or call
 
     async def ask(self, method: str, *args: Any) -> Any:
+        self._raise_if_lost()
         try:
             future = getattr(self._actor, method)(*args)
             return await asyncio.to_thread(future.result)
         except Exception as exc:  # the documented boundary: whatever distributed or the limiter raised
-            raise _lost(method, exc) from exc
+            raise self._note_lost(method, exc) from exc
 
     def call(self, method: str, *args: Any) -> Any:
         """``ask``, blocking (the client's thread, outside any event loop)."""
+        self._raise_if_lost()
         try:
             return getattr(self._actor, method)(*args).result()
         except Exception as exc:  # the documented boundary, as in ask
-            raise _lost(method, exc) from exc
+            raise self._note_lost(method, exc) from exc
 
     def tell(self, method: str, *args: Any) -> None:
         try:
             getattr(self._actor, method)(*args)
         except Exception as exc:  # the documented boundary (a lost Actor refuses even to be called)
-            raise _lost(method, exc) from exc
+            self._note_lost(method, exc)
+
+    def _note_lost(self, method: str, exc: Exception) -> LimiterLost:
+        """The loss, kept: the first one met is what every later ask or call raises."""
+        if self._lost is None:
+            self._lost = _lost(method, exc)
+            self._lost.__cause__ = exc
+        return self._lost
+
+    def _raise_if_lost(self) -> None:
+        if self._lost is not None:
+            raise self._lost
 
 
 def _lost(method: str, exc: Exception) -> LimiterLost:
@@ -387,14 +404,14 @@ class ClusterStop:
             self.reasons.append(reason)
             limiter, hard = self._limiter, len(self.reasons) > 1
         if limiter is not None:
-            limiter.stop(reason, None, hard)  # an Actor call: sent, not awaited
+            ActorLink(limiter).tell("stop", reason, None, hard)  # sent, not awaited; never raises
 
     def attach(self, limiter: Any) -> None:
         with self._lock:
             self._limiter = limiter
             reasons = list(self.reasons)
         for index, reason in enumerate(reasons):
-            limiter.stop(reason, None, index > 0)
+            ActorLink(limiter).tell("stop", reason, None, index > 0)
 
     def detach(self) -> None:
         with self._lock:

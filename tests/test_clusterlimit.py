@@ -217,11 +217,13 @@ class Answer:
 
 
 class DyingActor:
-    """A limiter Actor whose worker dies at the ``dies_at``-th ``reserve_cost``: that call and every
-    later one fail as distributed fails them (OSError from the future, then RuntimeError at once)."""
+    """A limiter Actor whose worker dies at the ``dies_at``-th ``reserve_cost``: that call fails as
+    distributed fails it (OSError from the future) — or, ``after_answering``, gets its answer first —
+    and every later call raises at once (RuntimeError), a ``tell`` included."""
 
-    def __init__(self, limiter: ClusterLimiter, dies_at: int) -> None:
-        self._limiter, self._dies_at, self.reserves, self.dead = limiter, dies_at, 0, False
+    def __init__(self, limiter: ClusterLimiter, dies_at: int, after_answering: bool = False) -> None:
+        self._limiter, self._dies_at, self._after_answering = limiter, dies_at, after_answering
+        self.reserves, self.dead = 0, False
 
     def __getattr__(self, method: str):
         if self.dead:
@@ -232,7 +234,8 @@ class DyingActor:
                 self.reserves += 1
                 if self.reserves == self._dies_at:
                     self.dead = True
-                    return Answer(error=OSError("Unable to contact Actor's worker"))
+                    if not self._after_answering:
+                        return Answer(error=OSError("Unable to contact Actor's worker"))
             return Answer(getattr(self._limiter, method)(*args))
         return call
 
@@ -244,11 +247,23 @@ def test_a_lost_limiter_is_a_chatbatch_error_naming_the_call_for_asks_and_tells(
                                           r"contact Actor's worker\); its worker may have died") as caught:
         asyncio.run(cap.claim(1000))
     assert isinstance(caught.value.__cause__, OSError)
+    cap.settle(Decimal("0.0001"), Decimal("0.0001"))  # a tell never raises: it settles a reply already paid for
+    with pytest.raises(LimiterLost, match=r"\(reserve_cost: OSError"):  # later asks raise the first loss met
+        asyncio.run(cap.claim(1000))
+    told = ActorLink(DyingActor(ClusterLimiter(None, None, "1"), dies_at=1, after_answering=True))
+    cap = ClusterCap(SpendCap(Decimal("1"), load_prices(), "gpt-4o-mini", 100, 1), told.ask, told.tell)
+    reservation = asyncio.run(cap.claim(1000))  # answered; then the worker dies
+    cap.settle(reservation, Decimal("0.0001"))  # the settle meets the loss, and keeps it
     with pytest.raises(LimiterLost, match=r"\(settle_cost: RuntimeError: Worker holding Actor was lost"):
-        cap.settle(Decimal("0.0001"), Decimal("0.0001"))
+        asyncio.run(cap.claim(1000))
 
 
-def test_a_partition_whose_limiter_dies_mid_run_stops_sending_and_keeps_its_finished_rows(fake, tmp_path):
+@pytest.mark.parametrize("after_answering, sent", [
+    (False, 2),  # dies when asked before the third send: two rows sent
+    (True, 3),  # answers the third ask, then dies: the third reply's settle fails, and the reply is kept
+])
+def test_a_partition_whose_limiter_dies_mid_run_stops_sending_and_keeps_its_finished_rows(
+        fake, tmp_path, after_answering, sent):
     import pyarrow as pa
 
     from conftest import SECRET_KEY
@@ -259,14 +274,14 @@ def test_a_partition_whose_limiter_dies_mid_run_stops_sending_and_keeps_its_fini
     job = build_job(None, {"input": "<dask>", "output": "<dask>.parquet", "template": "{text}", "model": "gpt-4o-mini",
                            "base_url": fake.base_url, "max_cost": 1.0, "max_completion_tokens": 5,
                            "concurrency": 1}, {"OPENAI_API_KEY": SECRET_KEY})
-    actor = DyingActor(ClusterLimiter(None, None, "1.0"), dies_at=3)  # the first two rows are sent
+    actor = DyingActor(ClusterLimiter(None, None, "1.0"), dies_at=3, after_answering=after_answering)
     table = pa.table({"text": [f"row {n}" for n in range(6)]})
-    with pytest.raises(LimiterLost, match="reserve_cost"):
+    with pytest.raises(LimiterLost, match="the cluster.s limiter failed"):
         asyncio.run(run_part(PartJob(job, actor, tmp_path / "state", False), 0, table, ActorLink(actor)))
-    assert [r["prompt"] for r in fake.requests] == ["row 0", "row 1"]
+    assert [r["prompt"] for r in fake.requests] == [f"row {n}" for n in range(sent)]
     store = open_state(tmp_path / "state" / "part-0", None, purpose=INSPECT)
-    try:
-        assert {idx: r.status for idx, r in store.results_between(0, 6).items()} == {0: "ok", 1: "ok"}
+    try:  # every reply paid for is journaled: a rerun sends none of them again
+        assert {idx: r.status for idx, r in store.results_between(0, 6).items()} == {n: "ok" for n in range(sent)}
     finally:
         store.close()
 
