@@ -179,3 +179,11 @@ def test_a_bad_key_is_refused_from_the_flag_the_python_keyword_azure_and_api_key
 def test_a_good_flag_key_wins_over_a_bad_one_in_the_environment():
     job = build_job(None, JOB, {"OPENAI_API_KEY": KEY + "\n"}, api_key="sk-flag-999")
     assert job.endpoint.api_key == "sk-flag-999"
+
+
+def test_a_bad_key_that_will_not_be_sent_does_not_stop_a_local_run_or_an_estimate():
+    bad = {"OPENAI_API_KEY": KEY + "\n"}
+    assert build_job(None, {**JOB, "local": True}, bad).local  # the local model never sees the key
+    build_job(None, JOB, bad, require_key=False)  # estimate sends nothing
+    with pytest.raises(JobError, match="ends with a newline"):
+        build_job(None, JOB, bad)  # a run on the API would send it
