@@ -195,7 +195,7 @@ def label_tokens(base_url: str, labels: Sequence[str]) -> dict[str, list[int]]:
             if ids and _post_json(root + "/extras/detokenize", {"tokens": ids})["text"] == label:
                 tokens[label] = ids
         return tokens
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
         return {}
 
 
@@ -206,7 +206,8 @@ def label_params(labels: Sequence[str], tokens: Mapping[str, Sequence[int]]) -> 
     whole words (unbiased, a grammar lets it pick letter by letter: "p" then "ositive", a choice made
     on a letter and paid for with a decoding step per letter). When every label is one token of the
     model's vocabulary, that is all it takes: one token is sampled (``max_tokens`` 1, so the
-    ``finish_reason`` is ``length``), and nothing but a label can win it. Otherwise a grammar over
+    ``finish_reason`` is ``length``), and with the labels lifted 100 above every other token, a label
+    wins it (the reply is still validated as any is). Otherwise a grammar over
     the labels forces the rest. The grammar is not sent when it is not needed because llama.cpp
     checks every token of the vocabulary against it at every step: 70 ms a step on Gemma's 262,144
     tokens, more than the whole rest of a short row.
@@ -259,9 +260,13 @@ def for_local_server(job, model_path: Path, base_url: str, tokens: Mapping[str, 
     cap = params.pop("max_completion_tokens", None)
     params["max_tokens"] = cap if cap is not None else params.get("max_tokens", DEFAULT_MAX_TOKENS)
     if job.output is not None and job.output.bare:
+        params.pop("grammar", None)  # the labels say what a reply may be
+        params.pop("logit_bias_type", None)  # the bias is by token id, llama.cpp's default
         forced = label_params(job.output.labels, tokens or {})
-        forced["logit_bias"] = {**params.get("logit_bias", {}), **forced.get("logit_bias", {})}
-        params.update({k: v for k, v in forced.items() if v})
+        bias = dict(params.get("logit_bias", {}))
+        for token, value in forced.pop("logit_bias", {}).items():
+            bias[token] = float(bias.get(token, 0)) + value  # a job's own bias on a label still counts
+        params.update(forced, **({"logit_bias": bias} if bias else {}))
     elif job.output is not None and job.output.mode == "json_schema":
         params["response_format"] = {"type": "json_object", "schema": dict(job.output.schema)}
     return replace(

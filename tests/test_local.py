@@ -228,8 +228,13 @@ def test_single_token_labels_are_one_biased_token_and_others_get_the_grammar_too
     # a bias the job sets itself is kept beside the labels'
     assert label_params(["a", "b"], {"a": [7], "b": [8]}) == {"logit_bias": {"7": LABEL_BIAS, "8": LABEL_BIAS},
                                                              "max_tokens": 1}
-    job = local_job_of(tmp_path, {"extra_body": {"logit_bias": {"99": -5}}}, tokens=one_token_each)
+    job = local_job_of(tmp_path, {"extra_body": {"logit_bias": {"99": -5, "27851": -100}}}, tokens=one_token_each)
     assert job.params["logit_bias"]["99"] == -5 and job.params["logit_bias"]["30558"] == LABEL_BIAS
+    assert job.params["logit_bias"]["27851"] == LABEL_BIAS - 100  # added to: a job's ban on a label still counts
+    # the labels say what a reply may be: a job's own grammar, or a bias read as text, is not sent
+    job = local_job_of(tmp_path, {"extra_body": {"grammar": 'root ::= "x"', "logit_bias_type": "tokens"}},
+                       tokens=one_token_each)
+    assert "grammar" not in job.params and "logit_bias_type" not in job.params
 
 
 def test_the_real_server_forces_labels_of_one_token_and_of_several(tmp_path):
