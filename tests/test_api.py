@@ -34,6 +34,15 @@ COMPARED = ["reply", "finish_reason", "status", "error_type", "http_status", "mo
 
 
 @pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt here, as in a terminal or a notebook — even when the test run
+    was started with SIGINT ignored (a background job of a non-interactive shell), which Python keeps."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(autouse=True)
 def environment(monkeypatch, tmp_path):
     for name in list(os.environ):
         if name.startswith(("OPENAI_", "AZURE_OPENAI_")):
