@@ -210,8 +210,7 @@ def build_job(
     if api_key:
         check_key(api_key, f"{overrides_from}: keyword 'api_key'" if overrides_from else "--api-key")
     job = _assemble(values, origin, env, base_dir, paths_from_file, str(job_file or "command line"),
-                    bool(api_key) or not require_key or bool(values.get("local")),
-                    env_key_used=not api_key and require_key and not values.get("local"))
+                    bool(api_key) or not require_key or bool(values.get("local")))
     job = replace(job, run_date=day)
     if api_key:
         job = replace(job, endpoint=replace(job.endpoint, api_key=api_key))
@@ -263,7 +262,7 @@ def _check_range(key: str, value: Any, where: str) -> None:
         raise JobError(f"{where}: key '{key}' must be {bound}, got {value!r}")
 
 
-def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_flag, env_key_used=True) -> Job:
+def _assemble(values, origin, env, base_dir, paths_from_file, source, env_key_unused) -> Job:
     def path(key: str) -> Path | None:
         if key not in values:
             return None
@@ -305,7 +304,7 @@ def _assemble(values, origin, env, base_dir, paths_from_file, source, has_key_fl
         required_columns=tuple(values.get("required_columns", ())),
         encoding=codecs.lookup(values.get("encoding", "utf-8")).name,
         null_values=_strings(values.get("null_values", ())),
-        endpoint=_endpoint(values, env, source, has_key_flag, env_key_used),
+        endpoint=_endpoint(values, env, source, env_key_unused),
         limits=Limits(
             concurrency=values.get("concurrency", Limits.concurrency),
             requests_per_minute=values.get("rpm"),
@@ -343,11 +342,10 @@ def _strings(value: str | list[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, has_key_flag: bool,
-              env_key_used: bool = True) -> Endpoint:
-    """The endpoint. ``env_key_used``: the environment's key will be sent — not when a key was passed
-    in (``--api-key``), nor on a local model or for a command that sends nothing (``estimate``) — so
-    a key no header can carry is refused only then."""
+def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, env_key_unused: bool) -> Endpoint:
+    """The endpoint. ``env_key_unused``: the environment's key will not be sent — a key was passed in
+    (``--api-key``), or the run is on a local model, or the command sends nothing (``estimate``) — so
+    neither a missing key nor one no header can carry is an error."""
     api_version = values.get("api_version") or None
     base_url = values.get("base_url") or env.get("OPENAI_BASE_URL")
     if api_version and not base_url:
@@ -366,9 +364,9 @@ def _endpoint(values: Mapping[str, Any], env: Mapping[str, str], source: str, ha
         ["AZURE_OPENAI_API_KEY", "OPENAI_API_KEY"] if azure else ["OPENAI_API_KEY"])
     key_name = next((n for n in key_names if env.get(n)), None)
     api_key = env[key_name] if key_name else None
-    if api_key and env_key_used:
+    if api_key and not env_key_unused:
         check_key(api_key, f"${key_name}")
-    if not api_key and not has_key_flag and not _is_loopback(host):
+    if not api_key and not env_key_unused and not _is_loopback(host):
         raise JobError(f"no API key: set {key_names[0]} in the environment (or pass --api-key)")
     base_url, basic_auth = _split_userinfo(base_url)
     if basic_auth and api_key and not azure:
